@@ -1,0 +1,75 @@
+# One entry point for the project. `make help` lists the targets.
+# On a fresh clone every target that needs the virtualenv or the generated
+# gRPC code builds them first: nothing else to type.
+
+SHELL        := /bin/bash
+PYTHON       ?= python3
+VENV         := .venv
+PY           := $(VENV)/bin/python
+PIP          := $(PY) -m pip
+GEN          := gen/python
+REQUIREMENTS := requirements-dev.txt $(wildcard services/*/requirements.txt)
+PROTOS       := $(shell find protos -name '*.proto')
+STAMP        := $(VENV)/.installed
+PROTO_STAMP  := $(GEN)/.stamp
+BACKEND      ?= mock
+PYTEST_ARGS  ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): $(REQUIREMENTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(foreach r,$(REQUIREMENTS),-r $(r))
+	# Put every service package and the generated code on the venv's path.
+	$(PY) -c 'import site, pathlib; root = pathlib.Path.cwd(); \
+	  paths = [root / "gen/python"] + [root / "services" / s for s in ("gateway", "mock-llm", "embedder", "cache")] + [root]; \
+	  pathlib.Path(site.getsitepackages()[0], "llmgw-dev.pth").write_text("".join(f"{p}\n" for p in paths))'
+	touch $@
+
+$(PROTO_STAMP): $(PROTOS) $(STAMP)
+	rm -rf $(GEN) && mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTOS)
+	find $(GEN)/llmgw -type d -exec touch {}/__init__.py \;
+	touch $@
+
+.PHONY: setup
+setup: $(STAMP) $(PROTO_STAMP) ## Create .venv, install pinned packages, generate gRPC code (idempotent)
+
+.PHONY: proto
+proto: $(PROTO_STAMP) ## Generate gRPC code from protos/ into gen/python
+
+.PHONY: run
+run: setup ## Start the whole stack locally (no Docker); BACKEND=mock|llamacpp
+	$(PY) -m deploy.local.stack --backend $(BACKEND)
+
+.PHONY: test
+test: setup ## Run every test: unit, component and integration
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: setup ## Run the fast tests only (no real processes)
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: setup ## ruff and mypy
+	$(VENV)/bin/ruff check services tests bench deploy
+	$(VENV)/bin/ruff format --check services tests bench deploy
+	$(VENV)/bin/mypy
+
+.PHONY: fmt
+fmt: setup ## Format the code with ruff
+	$(VENV)/bin/ruff format services tests bench deploy
+	$(VENV)/bin/ruff check --fix services tests bench deploy
+
+.PHONY: bench
+bench: setup ## Streaming proxy benchmark: gateway vs direct at concurrency 1, 16, 64
+	$(PY) -m bench.proxy
+
+.PHONY: clean
+clean: ## Remove the virtualenv and generated code
+	rm -rf $(VENV) gen
