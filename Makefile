@@ -27,7 +27,7 @@ $(STAMP): $(REQUIREMENTS)
 	$(PIP) install -q $(foreach r,$(REQUIREMENTS),-r $(r))
 	# Put every service package and the generated code on the venv's path.
 	$(PY) -c 'import site, pathlib; root = pathlib.Path.cwd(); \
-	  paths = [root / "gen/python"] + [root / "services" / s for s in ("gateway", "mock-llm", "embedder", "cache")] + [root]; \
+	  paths = [root / "gen/python"] + [root / "services" / s for s in ("common", "gateway", "mock-llm", "embedder", "cache")] + [root]; \
 	  pathlib.Path(site.getsitepackages()[0], "llmgw-dev.pth").write_text("".join(f"{p}\n" for p in paths))'
 	touch $@
 

@@ -1,0 +1,1 @@
+"""Code every service shares: JSON logging and the gRPC server shell."""
