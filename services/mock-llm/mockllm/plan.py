@@ -1,0 +1,96 @@
+"""From a request (body + X-Mock-* headers + fault) to a plan: tokens, timing, usage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mockllm.errors import BadRequest, ModelNotFound
+from mockllm.faults import Fault, FaultKind, FaultSyntaxError, parse_fault
+from mockllm.render import Renderer, Usage
+from mockllm.schema import CompletionRequest, Kind, parse_request
+from mockllm.settings import Settings
+from mockllm.tokens import estimate_tokens, generate_tokens
+
+FAULT_HEADER = "X-Mock-Fault"
+TTFT_HEADER = "X-Mock-TTFT-Ms"
+ITL_HEADER = "X-Mock-Inter-Token-Ms"
+TOKENS_HEADER = "X-Mock-Tokens"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    renderer: Renderer
+    tokens: tuple[str, ...]
+    finish_reason: str
+    usage: Usage
+    stream: bool
+    include_usage: bool
+    ttft_s: float
+    itl_s: float
+    fault: Fault | None
+
+    def token_due(self, index: int) -> float:
+        """Seconds after admission at which token ``index`` is sent."""
+        return self.ttft_s + index * self.itl_s
+
+
+def resolve_fault(headers: Mapping[str, str], default: Fault | None) -> Fault | None:
+    """The header's fault if present (an empty header means none), else the default."""
+    raw = headers.get(FAULT_HEADER)
+    if raw is None:
+        return default
+    try:
+        return parse_fault(raw)
+    except FaultSyntaxError as exc:
+        raise BadRequest(f"{FAULT_HEADER}: {exc}") from exc
+
+
+def make_plan(
+    kind: Kind,
+    body: bytes,
+    headers: Mapping[str, str],
+    settings: Settings,
+    fault: Fault | None,
+) -> Plan:
+    request = parse_request(kind, body)
+    if request.model not in settings.models:
+        raise ModelNotFound(request.model)
+    ttft_ms = _header_number(headers, TTFT_HEADER, settings.ttft_ms)
+    itl_ms = _header_number(headers, ITL_HEADER, settings.inter_token_ms)
+    natural = int(_header_number(headers, TOKENS_HEADER, settings.output_tokens, integer=True))
+    if natural < 1:
+        raise BadRequest(f"{TOKENS_HEADER} must be at least 1")
+    limit = request.token_limit()
+    count = natural if limit is None else min(limit, natural)
+    prompt_key = request.prompt_key()
+    token_ids = request.token_ids() if isinstance(request, CompletionRequest) else None
+    prompt_tokens = token_ids if token_ids is not None else estimate_tokens(prompt_key)
+    if fault is not None and fault.kind is FaultKind.SLOW:
+        ttft_ms += fault.arg
+    return Plan(
+        renderer=Renderer(kind, request.model),
+        tokens=generate_tokens(request.model, prompt_key, count),
+        finish_reason="length" if limit is not None and limit <= natural else "stop",
+        usage=Usage(prompt_tokens, count),
+        stream=request.stream,
+        include_usage=request.include_usage,
+        ttft_s=ttft_ms / 1000.0,
+        itl_s=itl_ms / 1000.0,
+        fault=fault,
+    )
+
+
+def _header_number(
+    headers: Mapping[str, str], name: str, default: float, *, integer: bool = False
+) -> float:
+    raw = headers.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(int(raw)) if integer else float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a {'whole ' if integer else ''}number") from None
+    if not value >= 0 or value == float("inf"):
+        raise BadRequest(f"{name} must be a finite number >= 0")
+    return value

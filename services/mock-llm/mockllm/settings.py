@@ -1,0 +1,45 @@
+"""The mock's configuration: environment variables with the ``MOCKLLM_`` prefix only.
+
+Built once in ``__main__`` and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from mockllm.faults import parse_fault
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOCKLLM_", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8001, ge=0, le=65535)
+    models: Annotated[tuple[str, ...], NoDecode] = ("mock-llama-3-8b",)
+    ttft_ms: float = Field(default=20.0, ge=0)
+    inter_token_ms: float = Field(default=5.0, ge=0)
+    output_tokens: int = Field(default=32, ge=1)
+    max_concurrency: int = Field(default=64, ge=1)
+    queue_style: Literal["vllm", "llamacpp"] = "vllm"
+    ping_interval_ms: float = Field(default=500.0, gt=0)
+    fault: str = ""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_timeout_s: float = Field(default=2.0, ge=0)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(name.strip() for name in value.split(",") if name.strip())
+        if not value:
+            raise ValueError("at least one model name is required")
+        return value
+
+    @field_validator("fault")
+    @classmethod
+    def _check_fault(cls, value: str) -> str:
+        parse_fault(value)  # raises ValueError (FaultSyntaxError) on bad syntax
+        return value.strip()
