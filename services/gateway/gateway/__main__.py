@@ -1,0 +1,28 @@
+"""``python -m gateway``: read settings once, configure logs, serve with uvicorn."""
+
+from __future__ import annotations
+
+import uvicorn
+from llmgw_common.logs import configure_logging
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging("gateway", settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,  # one structured line per request comes from the proxy
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()

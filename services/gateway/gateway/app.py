@@ -1,0 +1,129 @@
+"""``create_app(settings)``: builds the gateway. Nothing is set up at import time.
+
+The lifespan owns everything with a life: the upstream HTTP session, the
+discovery and engine-polling tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from llmgw_common.logs import get_logger
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway.api.body import describe
+from gateway.api.completions import completions_router
+from gateway.api.system import system_router
+from gateway.balance.breaker import BreakerConfig
+from gateway.balance.discovery import Discovery, fetch_models, parse_target
+from gateway.balance.engine_poller import EnginePoller
+from gateway.balance.pool import Pool, PoolConfig
+from gateway.balance.retry_budget import RetryBudgetConfig
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.metrics import GatewayMetrics, PoolCollector
+from gateway.proxy.handler import Proxy
+from gateway.proxy.upstream import Upstream
+from gateway.responses import RawResponse
+from gateway.settings import GatewaySettings
+
+log = get_logger("gateway")
+
+
+def pool_config(settings: GatewaySettings) -> PoolConfig:
+    return PoolConfig(
+        tau_s=settings.ewma_tau_s,
+        default_rtt_s=settings.default_rtt_s,
+        ttft_failure_limit_s=settings.ttft_timeout_s,
+        breaker=BreakerConfig(),
+        retry_budget=RetryBudgetConfig(ratio=settings.retry_budget_ratio),
+    )
+
+
+def create_app(
+    settings: GatewaySettings,
+    *,
+    pool: Pool | None = None,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    pool = pool if pool is not None else Pool(pool_config(settings))
+    registry.register(PoolCollector(pool.snapshot))
+    upstream = Upstream(settings, pool, metrics)
+    proxy = Proxy(upstream, metrics, log_requests=settings.log_requests)
+    targets = [parse_target(b.url, b.models) for b in settings.all_backends()]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await upstream.start()
+        discovery = Discovery(
+            pool,
+            targets,
+            interval_s=settings.discovery_interval_s,
+            fetch=lambda url: fetch_models(upstream.session, url),
+        )
+        await discovery.refresh()
+        tasks = [
+            asyncio.create_task(discovery.run(), name="discovery"),
+            asyncio.create_task(EnginePoller(pool, upstream.session).run(), name="engine"),
+        ]
+        log.info(
+            "gateway_started", endpoints=[s.name for s in pool.snapshot()], models=pool.models()
+        )
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await upstream.close()
+
+    app = FastAPI(
+        title="llmgw",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="OpenAI-compatible LLM inference gateway",
+    )
+    app.include_router(completions_router(settings, proxy))
+    app.include_router(system_router(pool, registry))
+    install_error_handlers(app)
+    app.state.pool = pool
+    app.state.metrics = metrics
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in the OpenAI shape."""
+
+    def answer(request: Request, error: GatewayError) -> Response:
+        headers = [(k.encode(), v.encode()) for k, v in error.headers().items()]
+        rid = getattr(request.state, "request_id", None)
+        if rid:
+            headers.append((b"x-request-id", rid.encode()))
+        return RawResponse(error.body(), error.status, "application/json", headers)
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        return answer(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return answer(request, InvalidRequest(describe(exc)))  # type: ignore[arg-type]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        error = GatewayError(str(exc.detail))
+        error.status = exc.status_code
+        error.type = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+        return answer(request, error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled_error", path=request.url.path, exc_info=exc)
+        return answer(request, GatewayError("Internal error in the gateway"))

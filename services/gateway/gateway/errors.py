@@ -1,0 +1,119 @@
+"""Every error the gateway answers with, in the OpenAI error shape.
+
+::
+
+    GatewayError                      500 internal_error
+    ├── InvalidRequest                400 invalid_request_error
+    │   └── PayloadTooLarge           413 invalid_request_error / payload_too_large
+    ├── Unauthorized                  401 authentication_error
+    ├── Forbidden                     403 permission_error
+    ├── ModelNotFound                 404 invalid_request_error / model_not_found
+    ├── RateLimited                   429 rate_limit_error        (Retry-After)
+    ├── Overloaded                    503 overloaded_error        (Retry-After)
+    ├── NoBackendAvailable            503 service_unavailable
+    ├── UpstreamError                 502 upstream_error
+    │   └── UpstreamTimeout           504 upstream_timeout
+    └── DependencyUnavailable         503 service_unavailable     (a sidecar)
+
+Lower-layer exceptions are translated into these once, at the boundary
+(``raise UpstreamError(...) from exc``). :meth:`GatewayError.body` is what
+the client sees: never a backend's traceback.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "internal_error"
+    code: str | None = None
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+    def payload(self) -> dict[str, object]:
+        return {
+            "error": {"message": self.message, "type": self.type, "param": None, "code": self.code}
+        }
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.payload())
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"retry-after": str(max(1, round(self.retry_after)))}
+
+    def sse_event(self) -> bytes:
+        """The final event of a stream that failed after its first byte."""
+        return b"data: " + self.body() + b"\n\n"
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "permission_error"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class Overloaded(GatewayError):
+    status = 503
+    type = "overloaded_error"
+    code = "overloaded"
+
+
+class NoBackendAvailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "no_backend_available"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "bad_gateway"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class DependencyUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "dependency_unavailable"

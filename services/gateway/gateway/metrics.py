@@ -1,0 +1,141 @@
+"""The gateway's Prometheus metrics.
+
+Named by Prometheus conventions (base units, ``_total`` counters, ``_seconds``
+histograms). Buckets fit LLM traffic: a time to first token of tens of
+milliseconds to seconds, requests that last up to minutes.
+
+Per-backend state (EWMA cost, pending, breaker state) is not updated on the
+hot path: a collector reads the pool's snapshot when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests answered, by route, model, status and cache outcome",
+            ["route", "model", "status", "cache"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Request received to last byte sent",
+            ["route", "stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Request received to first token sent",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.inter_token = Histogram(
+            "gateway_inter_token_seconds",
+            "Gap between consecutive stream chunks",
+            buckets=GAP_BUCKETS,
+            registry=registry,
+        )
+        self.overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time the gateway added: total minus upstream time",
+            ["route"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests", "Requests being served", registry=registry
+        )
+        self.upstream = Counter(
+            "gateway_upstream_attempts",
+            "Upstream attempts by endpoint and outcome",
+            ["endpoint", "outcome"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "gateway_retries",
+            "Attempts retried on another endpoint, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.retry_budget_exhausted = Counter(
+            "gateway_retry_budget_exhausted",
+            "Retries refused by the retry budget",
+            registry=registry,
+        )
+        self.panic_routings = Counter(
+            "gateway_panic_routings",
+            "Requests routed while every endpoint was ejected",
+            ["model"],
+            registry=registry,
+        )
+        self.stream_errors = Counter(
+            "gateway_stream_errors",
+            "Streams ended by an error after their first byte",
+            ["reason"],
+            registry=registry,
+        )
+        self.client_disconnects = Counter(
+            "gateway_client_disconnects",
+            "Clients that went away before their response ended",
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "gateway_tokens",
+            "Tokens in and out (usage when sent, else counted chunks)",
+            ["model", "direction"],
+            registry=registry,
+        )
+
+
+class PoolCollector(Collector):
+    """Per-endpoint gauges, read from the pool at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], Iterable[Any]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        cost = GaugeMetricFamily(
+            "gateway_backend_ewma_cost_seconds",
+            "Peak-EWMA latency cost per endpoint",
+            labels=["endpoint"],
+        )
+        pending = GaugeMetricFamily(
+            "gateway_backend_pending_requests",
+            "Requests in flight per endpoint",
+            labels=["endpoint"],
+        )
+        state = GaugeMetricFamily(
+            "gateway_backend_breaker_state",
+            "1 for the endpoint's current breaker state",
+            labels=["endpoint", "state"],
+        )
+        ejections = GaugeMetricFamily(
+            "gateway_backend_ejections",
+            "Times the breaker opened for the endpoint",
+            labels=["endpoint"],
+        )
+        for ep in self._snapshot():
+            cost.add_metric([ep.name], float(ep.cost))
+            pending.add_metric([ep.name], float(ep.pending))
+            ejections.add_metric([ep.name], float(ep.ejections))
+            for name in BREAKER_STATES:
+                state.add_metric([ep.name, name], 1.0 if str(ep.breaker) == name else 0.0)
+        yield from (cost, pending, state, ejections)

@@ -1,0 +1,1 @@
+"""Upstream streaming: forward bytes as they arrive, watch them on the way."""

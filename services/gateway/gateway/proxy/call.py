@@ -1,0 +1,62 @@
+"""What the proxy knows about one client request while serving it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+# Request headers never forwarded to a backend: hop-by-hop ones, those the
+# upstream client sets itself, and credentials meant for the gateway.
+_DROP = frozenset(
+    {
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "authorization",
+        "accept-encoding",
+        "cookie",
+        "x-request-id",
+        "expect",
+    }
+)
+
+
+def forwardable_headers(raw: list[tuple[bytes, bytes]], request_id: str) -> dict[str, str]:
+    headers = {
+        k: v.decode("latin-1")
+        for key, v in raw
+        if (k := key.decode("latin-1").lower()) not in _DROP
+    }
+    headers["x-request-id"] = request_id
+    headers["accept-encoding"] = "identity"
+    return headers
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request, from arrival to its last byte."""
+
+    route: str
+    path: str
+    model: str
+    stream: bool
+    body: bytes
+    headers: dict[str, str]
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    cache: str = "BYPASS"
+    endpoint: str = ""
+    status: int = 0
+    upstream_started: float = 0.0
+    upstream_ended: float = 0.0
+    first_token_at: float = 0.0
+    attempts: int = 0
+    tokens_out: int = 0
+    outcome: str = ""

@@ -1,0 +1,123 @@
+"""Serve one proxied call: open upstream, answer, account for it once.
+
+Accounting (metrics, the request's log line) happens exactly once per call in
+:meth:`Proxy.finish`, whatever the path: a complete stream, a failed one, a
+non-streamed answer or an error before anything was sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from llmgw_common.logs import get_logger
+
+from gateway.balance.outcome import Outcome, classify
+from gateway.errors import GatewayError
+from gateway.metrics import GatewayMetrics
+from gateway.proxy.call import Call
+from gateway.proxy.sse import StreamWatch
+from gateway.proxy.stream import StreamResponse
+from gateway.proxy.upstream import Upstream
+from gateway.responses import RawResponse
+
+log = get_logger("gateway.request")
+
+# Called after a complete, successful upstream answer (for the cache to store).
+OnSuccess = Callable[[Call, bytes], None]
+
+
+class Proxy:
+    def __init__(self, upstream: Upstream, metrics: GatewayMetrics, *, log_requests: bool) -> None:
+        self._upstream = upstream
+        self._metrics = metrics
+        self._log_requests = log_requests
+        self._gap = metrics.inter_token.observe
+
+    async def serve(
+        self,
+        call: Call,
+        *,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+        on_success: OnSuccess | None = None,
+    ) -> StreamResponse | RawResponse:
+        self._metrics.in_flight.inc()
+        try:
+            opened = await self._upstream.open(call)
+        except GatewayError as exc:
+            self.finish(call, exc.status, exc.code or exc.type)
+            raise
+        except BaseException:
+            self.finish(call, 499, "cancelled")
+            raise
+        headers = [(b"x-request-id", call.request_id.encode()), *(extra_headers or ())]
+        if opened.response is None:
+            outcome = classify(opened.status)
+            opened.lease.release(outcome)
+            self._count_attempt(call, outcome)
+            self.finish(call, opened.status, outcome)
+            if on_success is not None and outcome is Outcome.SUCCESS:
+                on_success(call, opened.first_chunk)
+            return RawResponse(opened.first_chunk, opened.status, opened.content_type, headers)
+
+        def done(
+            c: Call, outcome: Outcome, watch: StreamWatch | None, copy: list[bytes] | None
+        ) -> None:
+            self._count_attempt(c, outcome)
+            if watch is not None:
+                c.tokens_out = watch.completion_tokens
+            self.finish(c, 200 if outcome is not Outcome.CANCELLED else 499, outcome)
+            if on_success is not None and copy is not None and outcome is Outcome.SUCCESS:
+                on_success(c, b"".join(copy))
+
+        return StreamResponse(
+            opened,
+            call,
+            done,
+            extra_headers=headers[1:],
+            keep_copy=on_success is not None,
+            observe_gap=self._gap,
+        )
+
+    def _count_attempt(self, call: Call, outcome: Outcome) -> None:
+        self._metrics.upstream.labels(call.endpoint, outcome).inc()
+        if outcome.is_failure and call.first_token_at:
+            self._metrics.stream_errors.labels(outcome).inc()
+        elif outcome is Outcome.CANCELLED:
+            self._metrics.client_disconnects.inc()
+
+    def finish(self, call: Call, status: int, outcome: str) -> None:
+        """Metrics and the log line for a call, once."""
+        now = time.perf_counter()
+        m = self._metrics
+        m.in_flight.dec()
+        call.status, call.outcome = status, str(outcome)
+        m.requests.labels(call.route, call.model, str(status), call.cache).inc()
+        m.duration.labels(call.route, "true" if call.stream else "false").observe(
+            now - call.started
+        )
+        if call.first_token_at:
+            m.ttft.labels(call.model).observe(call.first_token_at - call.started)
+        if call.upstream_started and call.upstream_ended:
+            upstream = call.upstream_ended - call.upstream_started
+            m.overhead.labels(call.route).observe(max(0.0, now - call.started - upstream))
+        if call.tokens_out:
+            m.tokens.labels(call.model, "out").inc(call.tokens_out)
+        if self._log_requests:
+            log.info(
+                "request_done",
+                request_id=call.request_id,
+                route=call.route,
+                model=call.model,
+                stream=call.stream,
+                status=status,
+                outcome=call.outcome,
+                cache=call.cache,
+                endpoint=call.endpoint,
+                attempts=call.attempts,
+                duration_ms=round((now - call.started) * 1000, 2),
+                ttft_ms=round((call.first_token_at - call.started) * 1000, 2)
+                if call.first_token_at
+                else None,
+                tokens_out=call.tokens_out,
+            )

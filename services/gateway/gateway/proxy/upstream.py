@@ -1,0 +1,226 @@
+"""Open a request to a model server, failing over until the first byte.
+
+:meth:`Upstream.open` picks an endpoint from the pool and tries it. Anything
+that goes wrong before the client has seen a byte (connect error, 5xx, 429,
+no first chunk in time, a stream that closes empty) is retried on another
+endpoint, while the pool's retry budget allows. What it returns is either an
+opened stream (status 200 and its first chunk already read) or a complete
+non-streamed answer. After that, nothing is retried: see ``proxy.stream``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from gateway.balance.errors import NoEndpoint, UnknownModel
+from gateway.balance.outcome import ErrorKind, Outcome, classify
+from gateway.balance.pool import Lease, Pool
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    NoBackendAvailable,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.proxy.call import Call
+from gateway.settings import GatewaySettings
+
+
+@dataclass(slots=True)
+class Opened:
+    """An upstream answer ready to go to the client."""
+
+    lease: Lease
+    status: int
+    content_type: str
+    response: aiohttp.ClientResponse | None  # a stream still being read
+    first_chunk: bytes  # streams: first body bytes; non-streamed: the whole body
+
+
+class _Retryable(Exception):
+    def __init__(self, outcome: Outcome, error: GatewayError, retry_after: float | None = None):
+        super().__init__(error.message)
+        self.outcome = outcome
+        self.error = error
+        self.retry_after = retry_after
+
+
+class Upstream:
+    """The model servers, reached through one aiohttp session."""
+
+    def __init__(self, settings: GatewaySettings, pool: Pool, metrics: GatewayMetrics) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._metrics = metrics
+        self._session: aiohttp.ClientSession | None = None
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=settings.total_timeout_s,
+            sock_connect=settings.connect_timeout_s,
+            sock_read=settings.idle_timeout_s,
+        )
+        self._unary_timeout = aiohttp.ClientTimeout(
+            total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s
+        )
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Upstream.start() was not awaited"
+        return self._session
+
+    async def open(self, call: Call) -> Opened:
+        """Try endpoints until one answers; raise the last error if none does."""
+        tried: list[str] = []
+        last: GatewayError = NoBackendAvailable(f"no backend available for model {call.model!r}")
+        for attempt in range(self._settings.max_attempts):
+            if attempt and not self._pool.can_retry():
+                self._metrics.retry_budget_exhausted.inc()
+                break
+            lease = self._acquire(call, tried)
+            if lease is None:
+                break
+            tried.append(lease.endpoint.name)
+            call.attempts += 1
+            try:
+                return await self._attempt(lease, call)
+            except _Retryable as failure:
+                lease.release(failure.outcome, failure.retry_after)
+                self._metrics.upstream.labels(lease.endpoint.name, failure.outcome).inc()
+                self._metrics.retries.labels(failure.outcome).inc()
+                last = failure.error
+            except BaseException:
+                lease.release(Outcome.CANCELLED)
+                raise
+        raise last
+
+    def _acquire(self, call: Call, tried: list[str]) -> Lease | None:
+        try:
+            lease = self._pool.acquire(call.model, tried)
+        except UnknownModel as exc:
+            raise ModelNotFound(f"The model {call.model!r} does not exist") from exc
+        except NoEndpoint:
+            return None
+        if lease.panic:
+            self._metrics.panic_routings.labels(call.model).inc()
+        call.endpoint = lease.endpoint.name
+        return lease
+
+    async def _attempt(self, lease: Lease, call: Call) -> Opened:
+        url = lease.endpoint.url + call.path
+        call.upstream_started = time.perf_counter()
+        try:
+            if call.stream:
+                async with asyncio.timeout(self._settings.ttft_timeout_s):
+                    return await self._open_stream(lease, url, call)
+            return await self._unary(lease, url, call)
+        except _Retryable:
+            raise
+        except TimeoutError as exc:
+            raise _Retryable(
+                Outcome.TIMEOUT, UpstreamTimeout("The model server did not answer in time")
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise _Retryable(
+                classify(error=ErrorKind.CONNECT),
+                UpstreamError("The model server could not be reached"),
+            ) from exc
+
+    async def _open_stream(self, lease: Lease, url: str, call: Call) -> Opened:
+        response = await self.session.post(
+            url, data=call.body, headers=call.headers, timeout=self._stream_timeout
+        )
+        if response.status != 200:
+            return await self._finish_unary(lease, response, call)
+        try:
+            first = await response.content.readany()
+        except BaseException:
+            response.close()
+            raise
+        if not first:
+            response.close()
+            raise _Retryable(
+                Outcome.STREAM_TRUNCATED,
+                UpstreamError("The model server closed the stream before sending anything"),
+            )
+        return Opened(
+            lease, 200, response.headers.get("Content-Type", "text/event-stream"), response, first
+        )
+
+    async def _unary(self, lease: Lease, url: str, call: Call) -> Opened:
+        response = await self.session.post(
+            url, data=call.body, headers=call.headers, timeout=self._unary_timeout
+        )
+        return await self._finish_unary(lease, response, call)
+
+    async def _finish_unary(
+        self, lease: Lease, response: aiohttp.ClientResponse, call: Call
+    ) -> Opened:
+        async with response:
+            body = await response.read()
+        call.upstream_ended = time.perf_counter()
+        status = response.status
+        outcome = classify(status)
+        if outcome in (Outcome.SERVER_ERROR, Outcome.RATE_LIMITED):
+            raise _Retryable(
+                outcome,
+                upstream_error(status, body),
+                retry_after=_retry_after(response) if status == 429 else None,
+            )
+        content_type = response.headers.get("Content-Type", "application/json")
+        if outcome is Outcome.CLIENT_ERROR:
+            body, content_type = sanitize_error(status, body), "application/json"
+        return Opened(lease, status, content_type, None, body)
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def upstream_error(status: int, body: bytes) -> GatewayError:
+    """What the client is told when every endpoint failed with ``status``."""
+    if status == 429:
+        return RateLimited("Every model server is rate limiting; retry later", retry_after=1)
+    return UpstreamError(f"The model server answered {status}")
+
+
+def sanitize_error(status: int, body: bytes) -> bytes:
+    """A backend's 4xx in the OpenAI shape; never its traceback or internals."""
+    try:
+        data = orjson.loads(body)
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            message = error["message"].split("\nTraceback", 1)[0][:500]
+            return orjson.dumps(
+                {
+                    "error": {
+                        "message": message,
+                        "type": str(error.get("type") or "invalid_request_error"),
+                        "param": error.get("param"),
+                        "code": error.get("code"),
+                    }
+                }
+            )
+    except orjson.JSONDecodeError:
+        pass
+    return InvalidRequest(f"The model server rejected the request ({status})").body()

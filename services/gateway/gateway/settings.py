@@ -1,0 +1,90 @@
+"""Gateway configuration: one frozen settings object, read once in ``__main__``.
+
+Every field is an environment variable with the ``GATEWAY_`` prefix (for
+example ``GATEWAY_PORT``); lists and objects are JSON. Backends can also come
+from a JSON or YAML file (``GATEWAY_BACKENDS_FILE``) with the same shape::
+
+    backends:
+      - url: http://127.0.0.1:8001
+        models: [mock-llama-3-8b]
+      - url: http://vllm-headless.llm.svc:8000   # DNS name: one endpoint per address
+        models: []                                # empty: read from its /v1/models
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BackendConfig(BaseModel):
+    """One model server (or a DNS name that expands to several)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str
+    models: tuple[str, ...] = ()
+    name: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _strip(cls, url: str) -> str:
+        url = url.rstrip("/")
+        return url.removesuffix("/v1")
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", frozen=True, extra="ignore")
+
+    # Serving
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    log_level: str = "info"
+    log_requests: bool = Field(True, description="one JSON log line per request")
+    log_prompts: bool = Field(False, description="include prompt and completion text in logs")
+
+    # Backends
+    backends: tuple[BackendConfig, ...] = ()
+    backends_file: Path | None = None
+    discovery_interval_s: float = Field(10.0, gt=0, description="DNS re-resolution period")
+
+    # Upstream timeouts
+    connect_timeout_s: float = Field(2.0, gt=0)
+    ttft_timeout_s: float = Field(60.0, gt=0, description="request sent -> first token")
+    idle_timeout_s: float = Field(30.0, gt=0, description="longest gap between stream chunks")
+    total_timeout_s: float = Field(600.0, gt=0)
+
+    # Routing
+    ewma_tau_s: float = Field(10.0, gt=0)
+    default_rtt_s: float = Field(0.1, gt=0, description="cost of an endpoint with no samples")
+    max_attempts: int = Field(3, ge=1, description="tries per request before the first byte")
+    retry_budget_ratio: float = Field(0.2, ge=0, le=1)
+
+    # Input limits
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    max_messages: int = Field(512, gt=0)
+    max_tokens_limit: int = Field(32_768, gt=0)
+
+    def all_backends(self) -> tuple[BackendConfig, ...]:
+        """Backends from the environment plus those in ``backends_file``."""
+        if self.backends_file is None:
+            return self.backends
+        return self.backends + load_backends_file(self.backends_file)
+
+
+def load_backends_file(path: Path) -> tuple[BackendConfig, ...]:
+    text = path.read_text()
+    data: Any
+    if path.suffix in {".yaml", ".yml"}:
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    items = data.get("backends", []) if isinstance(data, dict) else data
+    return tuple(BackendConfig.model_validate(item) for item in items)
