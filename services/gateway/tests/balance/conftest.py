@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+from gateway.balance import EndpointSpec, Pool, PoolConfig
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def spec(name: str, *models: str) -> EndpointSpec:
+    return EndpointSpec(url=f"http://{name}:8000", models=models or ("m",), name=name)
+
+
+PoolFactory = Callable[..., Pool]
+
+
+@pytest.fixture
+def make_pool(clock: FakeClock) -> PoolFactory:
+    def make(*specs: EndpointSpec, config: PoolConfig | None = None, seed: int = 7) -> Pool:
+        return Pool(config or PoolConfig(), specs, clock=clock, rng=random.Random(seed))
+
+    return make
