@@ -1,0 +1,67 @@
+"""Component fixtures: the gateway in-process against upstreams on free local ports.
+
+``make_backend(**mock_settings)`` runs the real mock-llm app on a free port and
+returns its base URL; ``make_gateway(backends, **settings)`` builds the gateway
+with ``create_app``, runs its lifespan, and returns an httpx client bound to it
+through ``ASGITransport`` (which buffers streams: timing and disconnects are
+tested with real processes in tests/integration).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from mockllm.app import create_app as create_mock
+from mockllm.settings import Settings as MockSettings
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from gwkit import MakeBackend, MakeGateway
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[Callable[[web.Application], Awaitable[str]]]:
+    """Serve any aiohttp app on a free port; returns its base URL."""
+    servers: list[TestServer] = []
+
+    async def serve(app: web.Application) -> str:
+        server = TestServer(app, host="127.0.0.1", port=0)
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/")
+
+    yield serve
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def make_backend(serve_app: Callable[[web.Application], Awaitable[str]]) -> MakeBackend:
+    async def make(**settings: Any) -> str:
+        settings.setdefault("ttft_ms", 1)
+        settings.setdefault("inter_token_ms", 0)
+        settings.setdefault("output_tokens", 8)
+        return await serve_app(create_mock(MockSettings(**settings)))
+
+    return make
+
+
+@pytest.fixture
+async def make_gateway() -> AsyncIterator[MakeGateway]:
+    stack = contextlib.AsyncExitStack()
+
+    async def make(backends: list[dict[str, Any]], **settings: Any) -> httpx.AsyncClient:
+        app = create_app(GatewaySettings(backends=backends, **settings))
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        transport = httpx.ASGITransport(app=app)
+        client = httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30)
+        return await stack.enter_async_context(client)
+
+    yield make
+    await stack.aclose()
