@@ -17,12 +17,11 @@ import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from mockllm.app import create_app as create_mock
-from mockllm.settings import Settings as MockSettings
-
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gwkit import MakeBackend, MakeGateway
+from mockllm.app import create_app as create_mock
+from mockllm.settings import Settings as MockSettings
 
 
 @pytest.fixture

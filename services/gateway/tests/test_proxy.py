@@ -194,8 +194,8 @@ async def test_models_health_readiness_and_metrics(
     await gw.post("/v1/chat/completions", json={**chat(), "model": "beta"})
     text = (await gw.get("/metrics")).text
     assert (
-        'gateway_requests_total{cache="BYPASS",model="beta",route="/v1/chat/completions",status="200"} 1.0'
-        in text
+        'gateway_requests_total{cache="BYPASS",model="beta",'
+        'route="/v1/chat/completions",status="200"} 1.0' in text
     )
     assert "gateway_backend_ewma_cost_seconds" in text
     empty = await make_gateway([])

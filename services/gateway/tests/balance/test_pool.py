@@ -182,3 +182,18 @@ def test_can_retry_spends_the_budget(make_pool: PoolFactory) -> None:
     for _ in range(4):
         pool.acquire("m").release(Outcome.SUCCESS)
     assert [pool.can_retry() for _ in range(3)] == [True, True, False]
+
+
+def test_an_endpoint_that_went_silent_is_avoided_before_it_answers(
+    make_pool: PoolFactory, clock: FakeClock
+) -> None:
+    pool = make_pool(spec("a"), spec("b"))
+    hung = pool.acquire("m", exclude={"b"})  # never gets a first token
+    streams = [pool.acquire("m", exclude={"a"}) for _ in range(2)]
+    clock.advance(0.1)
+    for stream in streams:
+        stream.first_token()  # still streaming: pending stays at 2
+    assert picks(pool, 1) == {"a": 1}  # one waiting request is lighter than two streams
+    clock.advance(5.0)
+    assert picks(pool, 20) == {"b": 20}
+    hung.release(Outcome.CANCELLED)
