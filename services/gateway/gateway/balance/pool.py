@@ -4,7 +4,9 @@ It owns the clock (injected) and the per-endpoint state: a Peak EWMA cost, a
 pending count, a circuit breaker, a Retry-After deadline and optional engine
 stats. ``acquire`` picks an endpoint with power of two choices over
 ``load = cost * (pending + 1 + engine_extra)`` among the endpoints that serve the
-model and that the breaker allows, and returns a :class:`Lease`. The proxy
+model and that the breaker allows, and returns a :class:`Lease`. ``cost`` is
+the Peak EWMA estimate, floored by how long the endpoint's oldest unanswered
+attempt has been waiting for its first token. The proxy
 calls ``lease.first_token()`` when the first token (or the whole unary body)
 arrives, which records the latency sample, and ``lease.release(outcome)`` in a
 ``finally`` when the response ends, which drops the pending count.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -76,7 +79,16 @@ class EndpointState:
 
 
 class _Endpoint:
-    __slots__ = ("avoid_until", "breaker", "draining", "engine", "ewma", "pending", "spec")
+    __slots__ = (
+        "avoid_until",
+        "breaker",
+        "draining",
+        "engine",
+        "ewma",
+        "pending",
+        "spec",
+        "waiting",
+    )
 
     def __init__(self, spec: EndpointSpec, config: PoolConfig, now: float) -> None:
         self.spec = spec
@@ -86,6 +98,22 @@ class _Endpoint:
         self.draining = False
         self.avoid_until = 0.0
         self.engine: EngineStats | None = None
+        # Start times of attempts still waiting for their first token, oldest first.
+        self.waiting: OrderedDict[Lease, float] = OrderedDict()
+
+    def cost(self, now: float) -> float:
+        """The EWMA cost, but never less than the age of the oldest unanswered attempt.
+
+        An endpoint that has gone silent (a hung engine) would otherwise keep its
+        last good cost until its first slow answer or timeout arrives; how long
+        it has kept a request waiting is already a lower bound on its latency.
+        """
+        cost = self.ewma.cost(now)
+        if self.waiting:
+            waited = now - next(iter(self.waiting.values()))
+            if waited > cost:
+                return waited
+        return cost
 
     def eligible(self, now: float) -> bool:
         return now >= self.avoid_until and self.breaker.allows(now)
@@ -111,12 +139,14 @@ class Lease:
             now = self._pool._clock()
             self._ttft = now - self._start
             self._ep.ewma.observe(self._ttft, now)
+            self._ep.waiting.pop(self, None)
 
     def release(self, outcome: Outcome, retry_after_s: float | None = None) -> None:
         """End the attempt: pending drops, the breaker hears the outcome. Idempotent."""
         if self._released:
             return
         self._released = True
+        self._ep.waiting.pop(self, None)
         self._pool._finish(self._ep, self._start, self._ttft, outcome, retry_after_s)
 
 
@@ -237,7 +267,9 @@ class Pool:
             raise NoEndpoint(model)
         ep.pending += 1
         ep.breaker.admit(now)
-        return Lease(self, ep, now, panic)
+        lease = Lease(self, ep, now, panic)
+        ep.waiting[lease] = now
+        return lease
 
     def can_retry(self) -> bool:
         """Whether the retry budget allows one more retry; counts it when it does."""
@@ -245,7 +277,7 @@ class Pool:
 
     def _load(self, ep: _Endpoint, now: float) -> float:
         extra = extra_pending(ep.engine, now, self._config.engine) if ep.engine else 0.0
-        return ep.ewma.cost(now) * (ep.pending + 1 + extra)
+        return ep.cost(now) * (ep.pending + 1 + extra)
 
     def _pick_fast(
         self, candidates: Sequence[_Endpoint], exclude: Collection[str], now: float
