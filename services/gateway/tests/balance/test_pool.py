@@ -197,3 +197,18 @@ def test_an_endpoint_that_went_silent_is_avoided_before_it_answers(
     clock.advance(5.0)
     assert picks(pool, 20) == {"b": 20}
     hung.release(Outcome.CANCELLED)
+
+
+def test_a_slow_endpoint_is_tried_again_once_its_peak_has_decayed(
+    make_pool: PoolFactory, clock: FakeClock
+) -> None:
+    pool = make_pool(spec("a"), spec("b"))
+    serve(pool.acquire("m", exclude={"b"}), 2.0, clock)
+    seen: Counter[str] = Counter()
+    for _ in range(40):  # one request a second, each answered in 0.3 s
+        lease = pool.acquire("m")
+        seen[lease.endpoint.name] += 1
+        serve(lease, 0.3, clock)
+        clock.advance(0.7)
+    assert seen["b"] > 20  # the peak kept a away for a good while
+    assert seen["a"] > 0  # but not forever
