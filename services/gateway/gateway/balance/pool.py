@@ -27,7 +27,7 @@ from gateway.balance.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from gateway.balance.engine import EngineConfig, EngineStats, extra_pending
 from gateway.balance.errors import NoEndpoint, UnknownModel
 from gateway.balance.outcome import Outcome
-from gateway.balance.p2c import two_distinct
+from gateway.balance.p2c import PowerOfTwoChoices, two_distinct
 from gateway.balance.peak_ewma import PeakEwma
 from gateway.balance.retry_budget import RetryBudget, RetryBudgetConfig
 
@@ -162,6 +162,7 @@ class Pool:
         self._config = config
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
+        self._p2c = PowerOfTwoChoices(self._rng)
         self._budget = RetryBudget(config.retry_budget)
         self._endpoints: dict[str, _Endpoint] = {}
         self._by_model: dict[str, list[_Endpoint]] = {}
@@ -307,11 +308,7 @@ class Pool:
         usable = [e for e in candidates if e.spec.name not in exclude and e.eligible(now)]
         if not usable:
             return None
-        if len(usable) == 1:
-            return usable[0]
-        i, j = two_distinct(len(usable), self._rng)
-        a, b = usable[i], usable[j]
-        return b if self._load(b, now) < self._load(a, now) else a
+        return self._p2c.pick(usable, lambda e: self._load(e, now))
 
     def _least_bad(
         self, candidates: Sequence[_Endpoint], exclude: Collection[str], now: float

@@ -5,7 +5,9 @@ allowed while the retries in the last ``window_s`` seconds stay under
 ``ratio`` times the requests in that window, with a floor of
 ``min_per_s * window_s`` retries so that a quiet gateway can still fail over.
 A fleet-wide outage therefore adds at most ``ratio`` extra load instead of
-multiplying it by the number of attempts.
+multiplying it by the number of attempts. Requests are counted per attempt
+(the pool counts every ``acquire``, retries included), as Envoy counts active
+requests: with ``ratio=0.2`` retries are at most 25% of first attempts.
 """
 
 from __future__ import annotations
