@@ -1,0 +1,52 @@
+"""``python -m embedder`` serves; ``python -m embedder export-model`` builds the model, exits.
+
+Settings are read once, here, from ``EMBEDDER_*`` variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from llmgw_common.grpc_server import start_metrics_server
+from llmgw_common.logs import configure_logging, get_logger
+
+from embedder.errors import EmbedderError
+from embedder.export import ensure_onnx_int8
+from embedder.model import model_dir
+from embedder.server import create_server
+from embedder.settings import EmbedderSettings
+
+log = get_logger(__name__)
+
+
+async def serve(settings: EmbedderSettings) -> None:
+    server = create_server(settings)
+    start_metrics_server(settings.metrics_port, settings.host)
+    await server.run()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m embedder")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        default="serve",
+        choices=["serve", "export-model"],
+        help="serve (default), or build the int8 ONNX model into EMBEDDER_CACHE_DIR and exit",
+    )
+    args = parser.parse_args()
+    settings = EmbedderSettings()
+    configure_logging("embedder", settings.log_level)
+    if args.command == "export-model":
+        ensure_onnx_int8(model_dir(), settings.cache_dir)
+        return
+    try:
+        asyncio.run(serve(settings))
+    except EmbedderError as exc:
+        log.error("embedder_failed", error=exc.message)
+        raise SystemExit(1) from exc
+
+
+if __name__ == "__main__":
+    main()

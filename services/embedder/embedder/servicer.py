@@ -1,0 +1,121 @@
+"""``llmgw.embedder.v1.EmbedderService``: validate, batch, answer; errors become statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import grpc
+from llmgw.embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from llmgw_common.logs import get_logger
+
+from embedder.batcher import Batcher, Embedded
+from embedder.errors import EmbedderError, InvalidInput, NotReady
+from embedder.metrics import Metrics
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    max_texts: int
+    max_chars: int
+
+
+def validate(texts: list[str], limits: RequestLimits) -> None:
+    """Refuse what the model cannot usefully embed, with a message that says why."""
+    if not texts:
+        raise InvalidInput("texts is empty: send at least one text to embed")
+    if len(texts) > limits.max_texts:
+        raise InvalidInput(
+            f"too many texts: {len(texts)} in one request, at most {limits.max_texts}"
+        )
+    for index, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidInput(f"texts[{index}] is empty or only whitespace")
+    chars = sum(len(text) for text in texts)
+    if chars > limits.max_chars:
+        raise InvalidInput(
+            f"too much text: {chars} characters in one request, at most {limits.max_chars}"
+        )
+
+
+def to_response(embedded: Embedded, batcher: Batcher) -> embedder_pb2.EmbedResponse:
+    info = batcher.info
+    return embedder_pb2.EmbedResponse(
+        embeddings=[
+            embedder_pb2.Embedding(
+                values=vector.tolist(), truncated=item.truncated, token_count=len(item.ids)
+            )
+            for vector, item in zip(embedded.vectors, embedded.tokens, strict=True)
+        ],
+        model=info.name,
+        dimension=info.dimension,
+    )
+
+
+class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
+    """Answers UNAVAILABLE until :meth:`attach` hands it a running batcher."""
+
+    def __init__(self, limits: RequestLimits, metrics: Metrics) -> None:
+        self._limits = limits
+        self._metrics = metrics
+        self._batcher: Batcher | None = None
+
+    def attach(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+
+    def _ready(self) -> Batcher:
+        if self._batcher is None:
+            raise NotReady("the embedding model is still loading; retry shortly")
+        return self._batcher
+
+    async def Embed(
+        self, request: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> embedder_pb2.EmbedResponse:
+        started = time.perf_counter()
+        texts = list(request.texts)
+        self._metrics.in_flight.inc()
+        try:
+            validate(texts, self._limits)
+            batcher = self._ready()
+            embedded = await batcher.embed(texts, deadline=_deadline(context))
+            response = to_response(embedded, batcher)
+        except EmbedderError as exc:
+            self._metrics.requests.labels(exc.outcome).inc()
+            if exc.outcome == "error":
+                log.error("embed_failed", error=exc.message, texts=len(texts))
+            await context.abort(exc.code, exc.message)
+        except asyncio.CancelledError:
+            self._metrics.requests.labels("cancelled").inc()
+            raise
+        finally:
+            self._metrics.in_flight.dec()
+        self._metrics.requests.labels("ok").inc()
+        self._metrics.request_duration.observe(time.perf_counter() - started)
+        self._metrics.texts.inc(len(texts))
+        self._metrics.truncated.inc(sum(item.truncated for item in embedded.tokens))
+        return response
+
+    async def Info(
+        self, request: embedder_pb2.InfoRequest, context: grpc.aio.ServicerContext
+    ) -> embedder_pb2.InfoResponse:
+        try:
+            info = self._ready().info
+        except NotReady as exc:
+            await context.abort(exc.code, exc.message)
+        return embedder_pb2.InfoResponse(
+            model=info.name,
+            dimension=info.dimension,
+            max_tokens=info.max_tokens,
+            backend=info.backend,
+        )
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's deadline on the event loop's clock, if it sent one."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return asyncio.get_running_loop().time() + remaining
