@@ -43,6 +43,10 @@ setup: $(STAMP) $(PROTO_STAMP) ## Create .venv, install pinned packages, generat
 .PHONY: proto
 proto: $(PROTO_STAMP) ## Generate gRPC code from protos/ into gen/python
 
+.PHONY: embedder-model
+embedder-model: setup ## Build the embedder's int8 ONNX model into EMBEDDER_CACHE_DIR (default .cache/embedder)
+	$(PY) -m embedder export-model
+
 .PHONY: run
 run: setup ## Start the whole stack locally (no Docker); BACKEND=mock|llamacpp
 	$(PY) -m deploy.local.stack --backend $(BACKEND)
