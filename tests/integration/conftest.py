@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from deploy.local.procs import Proc, free_port, redis_proc, redis_ready
+from deploy.local.procs import PYTHON, Proc, free_port, http_ok, redis_proc, redis_ready
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -36,3 +37,51 @@ def redis_server(log_dir: Path) -> Iterator[tuple[Proc, int]]:
 @pytest.fixture
 def redis_url(redis_server: tuple[Proc, int]) -> str:
     return f"redis://127.0.0.1:{redis_server[1]}/0"
+
+
+MOCK_MODEL = "mock-llama-3-8b"
+
+
+@pytest.fixture
+def stack(log_dir: Path) -> Iterator[Stack]:
+    """Start real mock-llm and gateway processes on free ports; all stopped afterwards."""
+    s = Stack(log_dir)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+class Stack:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[Proc] = []
+
+    def mock(self, name: str = "mock", **env: object) -> tuple[Proc, str]:
+        port = free_port()
+        environ = {"MOCKLLM_PORT": str(port), "MOCKLLM_MODELS": MOCK_MODEL}
+        environ.update({f"MOCKLLM_{k.upper()}": str(v) for k, v in env.items()})
+        proc = Proc(f"{name}-{port}", [PYTHON, "-m", "mockllm"], env=environ, log_dir=self.log_dir)
+        self.procs.append(proc.start())
+        url = f"http://127.0.0.1:{port}"
+        proc.wait_until(lambda: http_ok(f"{url}/health"), timeout=30)
+        return proc, url
+
+    def gateway(self, backend_urls: list[str], **env: object) -> tuple[Proc, str]:
+        port = free_port()
+        environ = {
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_BACKENDS": json.dumps(
+                [{"url": u, "models": [MOCK_MODEL]} for u in backend_urls]
+            ),
+        }
+        environ.update({f"GATEWAY_{k.upper()}": str(v) for k, v in env.items()})
+        proc = Proc(f"gateway-{port}", [PYTHON, "-m", "gateway"], env=environ, log_dir=self.log_dir)
+        self.procs.append(proc.start())
+        url = f"http://127.0.0.1:{port}"
+        proc.wait_until(lambda: http_ok(f"{url}/healthz"), timeout=30)
+        return proc, url
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
