@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import httpx
@@ -39,7 +40,7 @@ def test_chunks_arrive_spread_out_in_time_not_in_one_lump(stack: object) -> None
     assert len(arrivals) >= 33
     # 31 gaps of 20 ms upstream: buffering would deliver them all at once at the end.
     assert arrivals[-1] - arrivals[0] > 0.4
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert sum(1 for g in gaps if g > 0.01) >= 20
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uvicorn
-from llmgw_common.logs import configure_logging
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from llmgw_common.logs import configure_logging
 
 
 def main() -> None:

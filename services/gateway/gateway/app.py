@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from llmgw_common.logs import get_logger
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -31,6 +30,7 @@ from gateway.proxy.handler import Proxy
 from gateway.proxy.upstream import Upstream
 from gateway.responses import RawResponse
 from gateway.settings import GatewaySettings
+from llmgw_common.logs import get_logger
 
 log = get_logger("gateway")
 
@@ -39,9 +39,20 @@ def pool_config(settings: GatewaySettings) -> PoolConfig:
     return PoolConfig(
         tau_s=settings.ewma_tau_s,
         default_rtt_s=settings.default_rtt_s,
-        ttft_failure_limit_s=settings.ttft_timeout_s,
-        breaker=BreakerConfig(),
-        retry_budget=RetryBudgetConfig(ratio=settings.retry_budget_ratio),
+        penalty_s=settings.failure_penalty_s,
+        ttft_failure_limit_s=settings.slow_ttft_s,
+        breaker=BreakerConfig(
+            consecutive_failures=settings.breaker_consecutive_failures,
+            failure_rate=settings.breaker_failure_rate,
+            min_requests=settings.breaker_min_requests,
+            window_s=settings.breaker_window_s,
+            base_ejection_s=settings.breaker_base_ejection_s,
+            max_ejection_s=settings.breaker_max_ejection_s,
+            probes=settings.breaker_probes,
+        ),
+        retry_budget=RetryBudgetConfig(
+            ratio=settings.retry_budget_ratio, min_per_s=settings.retry_budget_min_per_s
+        ),
     )
 
 

@@ -61,9 +61,20 @@ class GatewaySettings(BaseSettings):
 
     # Routing
     ewma_tau_s: float = Field(10.0, gt=0)
-    default_rtt_s: float = Field(0.1, gt=0, description="cost of an endpoint with no samples")
+    default_rtt_s: float = Field(0.5, gt=0, description="cost of an endpoint with no samples")
+    failure_penalty_s: float = Field(5.0, gt=0, description="latency sample for a failure")
+    slow_ttft_s: float = Field(30.0, gt=0, description="a slower first token is a failure")
     max_attempts: int = Field(3, ge=1, description="tries per request before the first byte")
-    retry_budget_ratio: float = Field(0.2, ge=0, le=1)
+    retry_budget_ratio: float = Field(0.2, ge=0, le=1, description="retries / recent requests")
+    retry_budget_min_per_s: float = Field(3.0, ge=0, description="retries always allowed")
+    breaker_consecutive_failures: int = Field(5, ge=1)
+    breaker_failure_rate: float = Field(0.5, gt=0, le=1)
+    breaker_min_requests: int = Field(20, ge=1, description="volume before the rate counts")
+    breaker_window_s: float = Field(10.0, gt=0)
+    breaker_base_ejection_s: float = Field(5.0, gt=0, description="doubles per ejection")
+    breaker_max_ejection_s: float = Field(120.0, gt=0)
+    breaker_probes: int = Field(2, ge=1, description="half-open successes needed to close")
+    engine_metrics: bool = Field(True, description="poll vLLM /metrics for queue depth")
 
     # Input limits
     max_body_bytes: int = Field(1_048_576, gt=0)

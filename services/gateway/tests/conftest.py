@@ -17,6 +17,7 @@ import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gwkit import MakeBackend, MakeGateway

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
 from gwkit import MODEL, MakeBackend, MakeGateway, backend, chat, content, events
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from llmgw_common.logs import get_logger
-
 from gateway.balance.outcome import Outcome, classify
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
@@ -20,6 +18,7 @@ from gateway.proxy.sse import StreamWatch
 from gateway.proxy.stream import StreamResponse
 from gateway.proxy.upstream import Upstream
 from gateway.responses import RawResponse
+from llmgw_common.logs import get_logger
 
 log = get_logger("gateway.request")
 
