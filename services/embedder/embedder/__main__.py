@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from llmgw_common.grpc_server import start_metrics_server
-from llmgw_common.logs import configure_logging, get_logger
-
 from embedder.errors import EmbedderError
 from embedder.export import ensure_onnx_int8
 from embedder.model import model_dir
 from embedder.server import create_server
 from embedder.settings import EmbedderSettings
+from llmgw_common.grpc_server import start_metrics_server
+from llmgw_common.logs import configure_logging, get_logger
 
 log = get_logger(__name__)
 

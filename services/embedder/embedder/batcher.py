@@ -29,11 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from llmgw_common.logs import get_logger
 
 from embedder.errors import DeadlineExpired, InferenceFailed, NotReady, Overloaded
 from embedder.metrics import Metrics
 from embedder.model import EmbeddingModel, ModelInfo, TokenizedText, Vectors
+from llmgw_common.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -26,10 +26,9 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
-from llmgw_common.logs import get_logger
-
 from embedder.errors import ModelBuildFailed
 from embedder.model import MODEL_NAME
+from llmgw_common.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -11,9 +11,6 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from llmgw.embedder.v1 import embedder_pb2, embedder_pb2_grpc
-from llmgw_common.grpc_server import GrpcServer
-from llmgw_common.logs import get_logger
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from embedder.batcher import Batcher, BatchLimits
@@ -21,6 +18,9 @@ from embedder.metrics import Metrics
 from embedder.model import EmbeddingModel, load_model, warm_up
 from embedder.servicer import EmbedderServicer, RequestLimits
 from embedder.settings import EmbedderSettings
+from llmgw.embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from llmgw_common.grpc_server import GrpcServer
+from llmgw_common.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -7,12 +7,12 @@ import time
 from dataclasses import dataclass
 
 import grpc
-from llmgw.embedder.v1 import embedder_pb2, embedder_pb2_grpc
-from llmgw_common.logs import get_logger
 
 from embedder.batcher import Batcher, Embedded
 from embedder.errors import EmbedderError, InvalidInput, NotReady
 from embedder.metrics import Metrics
+from llmgw.embedder.v1 import embedder_pb2, embedder_pb2_grpc
+from llmgw_common.logs import get_logger
 
 log = get_logger(__name__)
 
