@@ -7,8 +7,8 @@ import signal
 
 import uvloop
 from aiohttp import web
-from llmgw_common.logs import configure_logging, get_logger
 
+from llmgw_common.logs import configure_logging, get_logger
 from mockllm.app import create_app
 from mockllm.settings import Settings
 

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
-from llmgw_common.logs import get_logger
 
+from llmgw_common.logs import get_logger
 from mockllm.admission import Admission
 from mockllm.errors import MockError, error_body
 from mockllm.faults import parse_fault

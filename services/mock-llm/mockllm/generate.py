@@ -13,8 +13,8 @@ from typing import NoReturn
 
 import orjson
 from aiohttp import web
-from llmgw_common.logs import get_logger
 
+from llmgw_common.logs import get_logger
 from mockllm.admission import Admission
 from mockllm.errors import InjectedStatus, MockError
 from mockllm.faults import Fault, FaultKind
@@ -124,8 +124,11 @@ class Generator:
         tokens = plan.tokens
         last = len(tokens) - 1
         stop_at = _stop_index(plan.fault)
+        loop = asyncio.get_running_loop()
         for i, token in enumerate(tokens):
-            await _sleep_until(start + plan.token_due(i))
+            delay = start + plan.ttft_s + i * plan.itl_s - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
             if i == stop_at:
                 break
             chunk = render.token_chunk(token, plan.finish_reason if i == last else None)

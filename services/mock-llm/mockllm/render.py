@@ -19,6 +19,7 @@ from mockllm.errors import error_body
 from mockllm.schema import Kind
 
 DONE = b"data: [DONE]\n\n"
+_END = b"}]}\n\n"
 PING = b": ping\n\n"
 
 
@@ -42,13 +43,18 @@ class Usage:
 class Renderer:
     """Builds every body and chunk of one response, with one id and timestamp."""
 
-    __slots__ = ("created", "id", "kind", "model")
+    __slots__ = ("_token_head", "created", "id", "kind", "model")
 
     def __init__(self, kind: Kind, model: str) -> None:
         self.kind = kind
         self.model = model
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
+        # Token chunks differ only in the text and finish_reason: encode the rest once.
+        # Byte-for-byte what orjson makes of the full dict (a unit test holds this).
+        head = self._chunk([]).removesuffix(b'"choices":[]}\n\n')
+        field = b'"delta":{"content":' if kind == "chat" else b'"text":'
+        self._token_head = head + b'"choices":[{"index":0,' + field
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return sse(
@@ -70,6 +76,12 @@ class Renderer:
         return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
     def token_chunk(self, text: str, finish_reason: str | None = None) -> bytes:
+        close = b'},"logprobs":null,' if self.kind == "chat" else b',"logprobs":null,'
+        reason = b"null" if finish_reason is None else orjson.dumps(finish_reason)
+        return self._token_head + orjson.dumps(text) + close + b'"finish_reason":' + reason + _END
+
+    def token_chunk_reference(self, text: str, finish_reason: str | None = None) -> bytes:
+        """The same chunk built from a dict: what :meth:`token_chunk` must equal."""
         if self.kind == "chat":
             choice = {"index": 0, "delta": {"content": text}}
         else:

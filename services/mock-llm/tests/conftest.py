@@ -15,9 +15,10 @@ import orjson
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
 from mockllm.app import create_app
 from mockllm.settings import Settings
-from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = "mock-llama-3-8b"
 

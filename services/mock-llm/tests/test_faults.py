@@ -1,6 +1,7 @@
 """Fault syntax shared by MOCKLLM_FAULT and the X-Mock-Fault header."""
 
 import pytest
+
 from mockllm.faults import Fault, FaultKind, FaultSyntaxError, parse_fault
 
 

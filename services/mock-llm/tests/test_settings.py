@@ -2,6 +2,7 @@
 
 import pydantic
 import pytest
+
 from mockllm.settings import Settings
 
 
