@@ -80,7 +80,12 @@ class Generator:
             raise
         finally:
             self._metrics.requests.labels(request.path, str(status)).inc()
-            log.debug("request_done", path=request.path, status=status)
+            log.debug(
+                "request_done",
+                path=request.path,
+                status=status,
+                request_id=request.headers.get("X-Request-Id"),
+            )
 
     async def _stream(self, request: web.Request, plan: Plan) -> web.StreamResponse:
         resp = web.StreamResponse(headers=SSE_HEADERS)
