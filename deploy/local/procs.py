@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -72,14 +73,21 @@ class Proc:
         self.log_path = (log_dir or Path(tempfile.mkdtemp(prefix="llmgw-"))) / f"{name}.log"
         self.quiet = quiet
         self.popen: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     def start(self) -> Proc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = self.log_path.open("ab") if self.quiet else None
+        self._close_log()
+        self._log = self.log_path.open("ab") if self.quiet else None
         self.popen = subprocess.Popen(
-            self.argv, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            self.argv, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
         )
         return self
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     @property
     def pid(self) -> int:
@@ -114,6 +122,7 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        self._close_log()
         return self.popen.returncode
 
     def kill(self) -> None:
@@ -121,6 +130,7 @@ class Proc:
             assert self.popen is not None
             self.popen.kill()
             self.popen.wait(5)
+        self._close_log()
 
     def tail(self, lines: int = 40) -> str:
         try:

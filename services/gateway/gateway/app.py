@@ -16,19 +16,26 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway.api.admin import admin_router
 from gateway.api.body import describe
 from gateway.api.completions import completions_router
+from gateway.api.embeddings import embeddings_router
 from gateway.api.system import system_router
 from gateway.balance.breaker import BreakerConfig
 from gateway.balance.discovery import Discovery, fetch_models, parse_target
 from gateway.balance.engine_poller import EnginePoller
 from gateway.balance.pool import Pool, PoolConfig
 from gateway.balance.retry_budget import RetryBudgetConfig
+from gateway.cache.layer import CacheLayer
+from gateway.clients.cache import CacheClient
+from gateway.clients.embedder import EmbedderClient
+from gateway.clients.sidecar import Sidecar
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.metrics import GatewayMetrics, PoolCollector
 from gateway.proxy.handler import Proxy
 from gateway.proxy.upstream import Upstream
 from gateway.responses import RawResponse
+from gateway.serving import Completions
 from gateway.settings import GatewaySettings
 from llmgw_common.logs import get_logger
 
@@ -56,6 +63,34 @@ def pool_config(settings: GatewaySettings) -> PoolConfig:
     )
 
 
+class Sidecars:
+    """The gRPC clients, created by the lifespan (channels need the running loop)."""
+
+    def __init__(self) -> None:
+        self.embedder: EmbedderClient | None = None
+        self.cache: CacheClient | None = None
+
+    def open(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+        def sidecar(name: str, target: str) -> Sidecar:
+            return Sidecar(
+                name,
+                target,
+                metrics,
+                failures=settings.sidecar_breaker_failures,
+                open_s=settings.sidecar_breaker_open_s,
+            )
+
+        if settings.embedder_target:
+            self.embedder = EmbedderClient(sidecar("embedder", settings.embedder_target))
+        if settings.cache_target:
+            self.cache = CacheClient(sidecar("cache", settings.cache_target))
+
+    async def close(self) -> None:
+        for client in (self.embedder, self.cache):
+            if client is not None:
+                await client.sidecar.close()
+
+
 def create_app(
     settings: GatewaySettings,
     *,
@@ -68,11 +103,18 @@ def create_app(
     registry.register(PoolCollector(pool.snapshot))
     upstream = Upstream(settings, pool, metrics)
     proxy = Proxy(upstream, metrics, log_requests=settings.log_requests)
+    completions = Completions(settings, proxy)
+    sidecars = Sidecars()
     targets = [parse_target(b.url, b.models) for b in settings.all_backends()]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upstream.start()
+        sidecars.open(settings, metrics)
+        if sidecars.cache is not None:
+            completions.attach_cache(
+                CacheLayer(settings, metrics, sidecars.cache, sidecars.embedder)
+            )
         discovery = Discovery(
             pool,
             targets,
@@ -93,6 +135,8 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await completions.drain()
+            await sidecars.close()
             await upstream.close()
 
     app = FastAPI(
@@ -101,7 +145,9 @@ def create_app(
         lifespan=lifespan,
         description="OpenAI-compatible LLM inference gateway",
     )
-    app.include_router(completions_router(settings, proxy))
+    app.include_router(completions_router(settings, completions))
+    app.include_router(embeddings_router(settings, lambda: sidecars.embedder))
+    app.include_router(admin_router(settings, lambda: sidecars.cache))
     app.include_router(system_router(pool, registry))
     install_error_handlers(app)
     app.state.pool = pool

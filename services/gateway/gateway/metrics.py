@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
-OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025)
 BREAKER_STATES = ("closed", "open", "half_open")
 
 
@@ -95,6 +95,32 @@ class GatewayMetrics:
         self.client_disconnects = Counter(
             "gateway_client_disconnects",
             "Clients that went away before their response ended",
+            registry=registry,
+        )
+        self.sidecar_errors = Counter(
+            "gateway_sidecar_errors",
+            "Failed or skipped calls to a sidecar, by gRPC code",
+            ["sidecar", "code"],
+            registry=registry,
+        )
+        self.cache_lookups = Counter(
+            "gateway_cache_lookups", "Cache lookups by outcome", ["outcome"], registry=registry
+        )
+        self.cache_lookup_seconds = Histogram(
+            "gateway_cache_lookup_seconds",
+            "Whole cache lookup (exact, embed, semantic)",
+            buckets=(*OVERHEAD_BUCKETS, 0.05, 0.25, 1.0),
+            registry=registry,
+        )
+        self.cache_stores = Counter(
+            "gateway_cache_stores",
+            "Responses sent to the cache, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.cache_time_saved = Counter(
+            "gateway_cache_time_saved_seconds",
+            "Upstream time the hits did not spend",
             registry=registry,
         )
         self.tokens = Counter(

@@ -76,6 +76,29 @@ class GatewaySettings(BaseSettings):
     breaker_probes: int = Field(2, ge=1, description="half-open successes needed to close")
     engine_metrics: bool = Field(True, description="poll vLLM /metrics for queue depth")
 
+    # Sidecars (gRPC targets; "dns:///name:port" balances over every address of a
+    # headless Service with round_robin). Empty: that sidecar is not used.
+    embedder_target: str = ""
+    cache_target: str = ""
+    sidecar_breaker_failures: int = Field(5, ge=1, description="failures that stop calls")
+    sidecar_breaker_open_s: float = Field(2.0, gt=0, description="how long calls stop")
+    embeddings_timeout_s: float = Field(5.0, gt=0, description="/v1/embeddings deadline")
+
+    # Cache in the request path
+    cache_enabled: bool = True
+    cache_semantic: bool = Field(True, description="paraphrase lookups (needs the embedder)")
+    cache_lookup_budget_ms: float = Field(15.0, gt=0, description="whole lookup; over it: miss")
+    cache_store_timeout_s: float = Field(2.0, gt=0)
+    cache_ttl_s: int = Field(0, ge=0, description="entry TTL; 0: the cache service's default")
+    cache_deterministic_only: bool = Field(
+        True, description="cache only temperature 0, n 1, no tools/logprobs (else opt-in)"
+    )
+    cache_max_embed_chars: int = Field(
+        2000, gt=0, description="longer prompts are exact-only (beyond the model's window)"
+    )
+    default_tenant: str = Field("default", min_length=1, description="tenant when auth is off")
+    admin_key: str = Field("", description="key for /admin endpoints; empty: admin disabled")
+
     # Input limits
     max_body_bytes: int = Field(1_048_576, gt=0)
     max_messages: int = Field(512, gt=0)

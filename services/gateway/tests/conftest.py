@@ -17,6 +17,7 @@ import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from fake_sidecars import FakeSidecars
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
@@ -65,3 +66,11 @@ async def make_gateway() -> AsyncIterator[MakeGateway]:
 
     yield make
     await stack.aclose()
+
+
+@pytest.fixture
+async def sidecars() -> AsyncIterator[FakeSidecars]:
+    fakes = FakeSidecars()
+    await fakes.server.start()
+    yield fakes
+    await fakes.server.stop(0)

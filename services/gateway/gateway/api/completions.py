@@ -7,25 +7,28 @@ from fastapi.responses import Response
 
 from gateway.api.body import parse, read_body, request_id
 from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
+from gateway.cache.policy import OPT_IN_HEADER
 from gateway.errors import InvalidRequest
 from gateway.proxy.call import Call, forwardable_headers
-from gateway.proxy.handler import Proxy
+from gateway.serving import Completions
 from gateway.settings import GatewaySettings
 
-_ERRORS = {
-    "400": {"description": "Malformed JSON or an invalid field (OpenAI error object)"},
-    "404": {"description": "Unknown model"},
-    "413": {"description": "Body over the size limit"},
-    "503": {"description": "No backend available"},
+ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"description": "Malformed JSON or an invalid field (OpenAI error object)"},
+    404: {"description": "Unknown model"},
+    413: {"description": "Body over the size limit"},
+    502: {"description": "Every model server failed"},
+    503: {"description": "No backend available"},
+    504: {"description": "The model server did not answer in time"},
 }
 
 
-def _openapi_body(model: type) -> dict[str, object]:
+def openapi_body(model: type) -> dict[str, object]:
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")  # type: ignore[attr-defined]
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def completions_router(settings: GatewaySettings, proxy: Proxy) -> APIRouter:
+def completions_router(settings: GatewaySettings, completions: Completions) -> APIRouter:
     router = APIRouter()
     limit = settings.max_body_bytes
 
@@ -35,41 +38,42 @@ def completions_router(settings: GatewaySettings, proxy: Proxy) -> APIRouter:
         if messages > settings.max_messages:
             raise InvalidRequest(f"Too many messages: the limit is {settings.max_messages}")
 
-    def new_call(request: Request, route: str, body: bytes, model: str, stream: bool) -> Call:
+    async def serve(
+        request: Request, route: str, body: bytes, req: ChatCompletionRequest | CompletionRequest
+    ) -> Response:
         rid = request_id(request)
         request.state.request_id = rid
-        return Call(
+        call = Call(
             route=route,
             path=route,
-            model=model,
-            stream=stream,
+            model=req.model,
+            stream=req.stream,
             body=body,
             headers=forwardable_headers(request.scope["headers"], rid),
             request_id=rid,
         )
+        return await completions.serve(
+            call,
+            req,
+            tenant=settings.default_tenant,
+            cache_control=request.headers.get("cache-control", ""),
+            opt_in=request.headers.get(OPT_IN_HEADER, ""),
+        )
 
     @router.post(
-        "/v1/chat/completions",
-        responses=_ERRORS,  # type: ignore[arg-type]
-        openapi_extra=_openapi_body(ChatCompletionRequest),
+        "/v1/chat/completions", responses=ERRORS, openapi_extra=openapi_body(ChatCompletionRequest)
     )
     async def chat_completions(request: Request) -> Response:
         body = await read_body(request, limit)
         req = parse(ChatCompletionRequest, body)
         check_limits(req.token_limit(), len(req.messages))
-        call = new_call(request, "/v1/chat/completions", body, req.model, req.stream)
-        return await proxy.serve(call)
+        return await serve(request, "/v1/chat/completions", body, req)
 
-    @router.post(
-        "/v1/completions",
-        responses=_ERRORS,  # type: ignore[arg-type]
-        openapi_extra=_openapi_body(CompletionRequest),
-    )
-    async def completions(request: Request) -> Response:
+    @router.post("/v1/completions", responses=ERRORS, openapi_extra=openapi_body(CompletionRequest))
+    async def completions_route(request: Request) -> Response:
         body = await read_body(request, limit)
         req = parse(CompletionRequest, body)
         check_limits(req.token_limit())
-        call = new_call(request, "/v1/completions", body, req.model, req.stream)
-        return await proxy.serve(call)
+        return await serve(request, "/v1/completions", body, req)
 
     return router

@@ -78,6 +78,11 @@ class Proxy:
             observe_gap=self._gap,
         )
 
+    def answered_locally(self, call: Call, status: int) -> None:
+        """Account for a call answered without an upstream (a cache hit)."""
+        self._metrics.in_flight.inc()
+        self.finish(call, status, "local")
+
     def _count_attempt(self, call: Call, outcome: Outcome) -> None:
         self._metrics.upstream.labels(call.endpoint, outcome).inc()
         if outcome.is_failure and call.first_token_at:

@@ -2,6 +2,7 @@ from collections.abc import Sequence
 
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
+
 from gateway.balance import Outcome
 from gateway.balance.discovery import Discovery, Target, expand, fetch_models, parse_target
 

@@ -1,10 +1,11 @@
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
+from pytest import approx
+
 from gateway.balance import Outcome
 from gateway.balance.engine import EngineConfig, EngineStats, extra_pending
 from gateway.balance.engine_poller import EnginePoller, parse_engine_metrics
 from gateway.balance.pool import EndpointSpec
-from pytest import approx
 
 from .conftest import FakeClock, PoolFactory, spec
 

@@ -1,4 +1,5 @@
 import pytest
+
 from gateway.balance.outcome import ErrorKind, Outcome, classify
 
 

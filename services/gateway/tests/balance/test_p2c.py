@@ -2,6 +2,7 @@ import random
 from collections import Counter
 
 import pytest
+
 from gateway.balance.p2c import PowerOfTwoChoices, two_distinct
 
 

@@ -1,6 +1,7 @@
 import math
 
 import pytest
+
 from gateway.balance.peak_ewma import PeakEwma
 
 

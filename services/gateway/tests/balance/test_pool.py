@@ -1,6 +1,7 @@
 from collections import Counter
 
 import pytest
+
 from gateway.balance import (
     EndpointState,
     Lease,

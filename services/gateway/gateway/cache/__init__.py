@@ -1,0 +1,1 @@
+"""The semantic cache in the request path: keys, policy, lookup, store, replay."""

@@ -1,0 +1,1 @@
+"""gRPC clients to the sidecars (embedder, cache), each behind a short-lived breaker."""
