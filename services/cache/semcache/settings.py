@@ -1,0 +1,50 @@
+"""The cache service's configuration: one frozen class, read from ``CACHE_*`` variables.
+
+Built once in ``__main__`` and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CacheSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CACHE_", frozen=True, extra="ignore")
+
+    host: str = "0.0.0.0"
+    port: int = 50052
+    metrics_port: int = 9102  # 0 disables the Prometheus endpoint
+    log_level: str = "info"
+    drain_grace_s: float = 10.0
+
+    # Store. Empty URL: the embedded in-process store (no servers needed).
+    redis_url: str = ""
+    redis_prefix: str = "{llmgw-cache}:"  # hash tag: every key on one cluster slot
+    redis_socket_timeout_s: float = 0.5  # short: callers fail open on UNAVAILABLE
+    redis_connect_timeout_s: float = 0.25
+    stream_maxlen: int = Field(default=50_000, ge=100)
+    stream_block_ms: int = Field(default=1000, ge=10)
+    snapshot_path: str = ""  # embedded store only: saved on shutdown, loaded at start
+
+    # Entries.
+    dim: int = Field(default=384, ge=1)
+    default_ttl_s: int = Field(default=86_400, ge=1)
+    max_entries: int = Field(default=1_000_000, ge=1)
+    max_response_bytes: int = Field(default=1 << 20, ge=1)
+    max_prompt_bytes: int = Field(default=64 << 10, ge=1)
+    max_key_bytes: int = Field(default=1024, ge=1)  # namespace and exact key
+
+    # Semantic lookup and verification.
+    embedding_backend: str = "onnx-int8"
+    candidates: int = Field(default=4, ge=1, le=64)
+
+    # Index.
+    ivf_min_vectors: int = Field(default=32_768, ge=256)  # flat below, IVF above
+    ivf_nlist: int = Field(default=0, ge=0)  # 0: chosen from the size (~sqrt(n))
+    ivf_nprobe: int = Field(default=16, ge=1)
+    compact_ratio: float = Field(default=0.2, gt=0.0, le=1.0)  # tombstones/vectors
+    sweep_interval_s: float = Field(default=1.0, gt=0.0)
+    faiss_threads: int = Field(default=1, ge=1)  # OpenMP threads per FAISS call
+    search_threads: int = Field(default=2, ge=1)  # concurrent FAISS calls
+    build_threads: int = Field(default=1, ge=1)  # OpenMP threads of index builds
