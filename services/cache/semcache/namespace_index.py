@@ -48,7 +48,7 @@ class IndexParams:
         if self.ivf_nlist:
             return self.ivf_nlist
         target = 2 ** round(math.log2(2 * math.sqrt(max(n, 1))))
-        return int(max(16, min(4096, target, n // 39)))
+        return int(max(1, min(4096, target, n // 39)))
 
 
 @dataclass(frozen=True, slots=True)
