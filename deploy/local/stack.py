@@ -45,6 +45,14 @@ The stack is up. Logs: {logs}
   curl -N http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Say hello"}}]}}'
 
+  # ask twice (temperature 0 is cacheable): the second answer says X-Cache: HIT-EXACT
+  for i in 1 2; do curl -s -o /dev/null -D - http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "temperature": 0, "messages": [{{"role": "user", "content": "What is a semantic cache?"}}]}}' | grep -i x-cache; done
+
+  # a paraphrase comes from the cache too: X-Cache: HIT-SEMANTIC
+  curl -s -o /dev/null -D - http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "temperature": 0, "messages": [{{"role": "user", "content": "What does a semantic cache do?"}}]}}' | grep -i x-cache
+
   curl http://127.0.0.1:{port}/v1/models        # what the backends serve
   curl http://127.0.0.1:{port}/metrics          # Prometheus metrics
 
@@ -74,42 +82,17 @@ def llamacpp_backends(procs: list[Proc]) -> tuple[list[dict[str, object]], str]:
     return llamacpp.start_replicas(procs, MOCK_PORTS, LOG_DIR, start)
 
 
-def sidecar_present(package: str) -> bool:
-    # Temporary while the sidecars are being built: start one only once it exists.
-    return (ROOT / "services" / package / package / "__main__.py").exists() or (
-        ROOT / "services" / "cache" / package / "__main__.py"
-    ).exists()
-
-
 def run(args: argparse.Namespace, procs: list[Proc]) -> None:
     redis_url = args.redis_url
     if args.redis == "local":
         start(redis_proc(REDIS_PORT, log_dir=LOG_DIR), redis_ready(REDIS_PORT), 15, procs)
         redis_url = f"redis://127.0.0.1:{REDIS_PORT}/0"
-    if sidecar_present("embedder"):
-        start(
-            Proc(
-                "embedder",
-                [PYTHON, "-m", "embedder"],
-                log_dir=LOG_DIR,
-                env={"EMBEDDER_PORT": str(EMBEDDER_PORT)},
-            ),
-            lambda: grpc_serving(EMBEDDER_PORT),
-            300,
-            procs,
-        )
-    if sidecar_present("semcache"):
-        start(
-            Proc(
-                "cache",
-                [PYTHON, "-m", "semcache"],
-                log_dir=LOG_DIR,
-                env={"CACHE_PORT": str(CACHE_PORT), "CACHE_REDIS_URL": redis_url or ""},
-            ),
-            lambda: grpc_serving(CACHE_PORT),
-            120,
-            procs,
-        )
+    embedder_env = {"EMBEDDER_PORT": str(EMBEDDER_PORT)}
+    embedder = Proc("embedder", [PYTHON, "-m", "embedder"], log_dir=LOG_DIR, env=embedder_env)
+    start(embedder, lambda: grpc_serving(EMBEDDER_PORT), 300, procs)
+    cache_env = {"CACHE_PORT": str(CACHE_PORT), "CACHE_REDIS_URL": redis_url or ""}
+    cache = Proc("cache", [PYTHON, "-m", "semcache"], log_dir=LOG_DIR, env=cache_env)
+    start(cache, lambda: grpc_serving(CACHE_PORT), 120, procs)
     backends, model = (llamacpp_backends if args.backend == "llamacpp" else mock_backends)(procs)
     gateway_env = {
         "GATEWAY_PORT": str(GATEWAY_PORT),

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from deploy.local.procs import PYTHON, Proc, free_port, http_ok, redis_proc, redis_ready
+from deploy.local.procs import (
+    PYTHON,
+    Proc,
+    free_port,
+    grpc_serving,
+    http_ok,
+    redis_proc,
+    redis_ready,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -81,6 +89,28 @@ class Stack:
         url = f"http://127.0.0.1:{port}"
         proc.wait_until(lambda: http_ok(f"{url}/healthz"), timeout=30)
         return proc, url
+
+    def embedder(self, **env: object) -> tuple[Proc, str]:
+        """The real embedder (ONNX int8 model; built on first use into .cache/embedder)."""
+        port = free_port()
+        environ = {"EMBEDDER_PORT": str(port), "EMBEDDER_METRICS_PORT": "0"}
+        environ.update({f"EMBEDDER_{k.upper()}": str(v) for k, v in env.items()})
+        proc = Proc(
+            f"embedder-{port}", [PYTHON, "-m", "embedder"], env=environ, log_dir=self.log_dir
+        )
+        self.procs.append(proc.start())
+        proc.wait_until(lambda: grpc_serving(port), timeout=300)
+        return proc, f"127.0.0.1:{port}"
+
+    def cache(self, redis_url: str = "", **env: object) -> tuple[Proc, str]:
+        """The real cache service; the embedded store unless ``redis_url`` is given."""
+        port = free_port()
+        environ = {"CACHE_PORT": str(port), "CACHE_METRICS_PORT": "0", "CACHE_REDIS_URL": redis_url}
+        environ.update({f"CACHE_{k.upper()}": str(v) for k, v in env.items()})
+        proc = Proc(f"cache-{port}", [PYTHON, "-m", "semcache"], env=environ, log_dir=self.log_dir)
+        self.procs.append(proc.start())
+        proc.wait_until(lambda: grpc_serving(port), timeout=120)
+        return proc, f"127.0.0.1:{port}"
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
