@@ -13,6 +13,8 @@ PROTOS       := $(shell find protos -name '*.proto')
 STAMP        := $(VENV)/.installed
 PROTO_STAMP  := $(GEN)/.stamp
 BACKEND      ?= mock
+REDIS        ?= embedded
+REDIS_URL    ?=
 PYTEST_ARGS  ?=
 
 .DEFAULT_GOAL := help
@@ -48,8 +50,8 @@ embedder-model: setup ## Build the embedder's int8 ONNX model into EMBEDDER_CACH
 	$(PY) -m embedder export-model
 
 .PHONY: run
-run: setup ## Start the whole stack locally (no Docker); BACKEND=mock|llamacpp
-	$(PY) -m deploy.local.stack --backend $(BACKEND)
+run: setup ## Start the whole stack locally (no Docker); BACKEND=mock|llamacpp REDIS=embedded|local REDIS_URL=
+	$(PY) -m deploy.local.stack --backend $(BACKEND) --redis $(REDIS) --redis-url "$(REDIS_URL)"
 
 .PHONY: test
 test: setup ## Run every test: unit, component and integration
