@@ -35,6 +35,7 @@ class FakeModel:
         self._gate = threading.Event()
         self._gate.set()
         self.running = threading.Event()
+        self.tokenized_on: list[int] = []  # thread ids
 
     def hold(self) -> None:
         self._gate.clear()
@@ -50,6 +51,7 @@ class FakeModel:
         return fake_vector(text, self.info.dimension)
 
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
+        self.tokenized_on.append(threading.get_ident())
         out = []
         for text in texts:
             words = text.split()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
@@ -81,6 +82,16 @@ async def test_a_large_request_spans_batches_and_comes_back_whole(fake_model, me
     assert [len(batch) for batch in fake_model.batches] == [4, 4, 2]
     assert [item.text for item in result.tokens] == texts
     assert result.vectors.shape == (10, 8)
+
+
+async def test_large_requests_are_tokenized_off_the_event_loop(
+    batcher: Batcher, fake_model
+) -> None:
+    await batcher.embed(["short one"])
+    await batcher.embed(["word " * 300])  # 1500 characters
+    loop_thread = threading.get_ident()
+    assert fake_model.tokenized_on == [loop_thread, fake_model.tokenized_on[1]]
+    assert fake_model.tokenized_on[1] != loop_thread
 
 
 async def test_token_budget_counts_padding_to_the_longest_text(fake_model, metrics) -> None:
