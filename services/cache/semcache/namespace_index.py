@@ -38,7 +38,7 @@ _CHUNK = 65_536  # vectors copied per step when a rebuild exports an index
 @dataclass(frozen=True, slots=True)
 class IndexParams:
     dim: int
-    ivf_min_vectors: int = 32_768
+    ivf_min_vectors: int = 8192
     ivf_nlist: int = 0  # 0: from the size
     ivf_nprobe: int = 16
     compact_ratio: float = 0.2

@@ -40,7 +40,7 @@ class CacheSettings(BaseSettings):
     candidates: int = Field(default=4, ge=1, le=64)
 
     # Index.
-    ivf_min_vectors: int = Field(default=32_768, ge=256)  # flat below, IVF above
+    ivf_min_vectors: int = Field(default=8192, ge=256)  # flat below, IVF above
     ivf_nlist: int = Field(default=0, ge=0)  # 0: chosen from the size (~sqrt(n))
     ivf_nprobe: int = Field(default=16, ge=1)
     compact_ratio: float = Field(default=0.2, gt=0.0, le=1.0)  # tombstones/vectors
