@@ -79,3 +79,21 @@ bench: setup ## Streaming proxy benchmark: gateway vs direct at concurrency 1, 1
 .PHONY: clean
 clean: ## Remove the virtualenv and generated code
 	rm -rf $(VENV) gen
+
+COMPOSE      := docker compose -f deploy/compose.yml
+OVERLAY      ?= dev
+
+.PHONY: compose-up
+compose-up: ## Build the images and start the whole stack with docker compose; wait until healthy
+	@docker compose version >/dev/null 2>&1 || { echo "compose-up needs Docker with the compose plugin (docker compose)"; exit 1; }
+	$(COMPOSE) up --build --detach --wait
+	@echo "gateway http://localhost:8000  prometheus http://localhost:9090  grafana http://localhost:3000"
+
+.PHONY: compose-down
+compose-down: ## Stop the compose stack (volumes kept; add -v by hand to wipe them)
+	@docker compose version >/dev/null 2>&1 || { echo "compose-down needs Docker with the compose plugin (docker compose)"; exit 1; }
+	$(COMPOSE) down --remove-orphans
+
+.PHONY: k8s-render
+k8s-render: ## Print the Kubernetes manifests of OVERLAY (dev, prod, prod-managed-redis) to stdout
+	@kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
