@@ -127,6 +127,8 @@ def run_one(backend: str, batching: bool, args: argparse.Namespace, log_dir: Pat
         "EMBEDDER_METRICS_PORT": str(metrics_port),
         "EMBEDDER_BACKEND": backend,
         "EMBEDDER_MAX_BATCH_SIZE": str(args.max_batch_size if batching else 1),
+        "EMBEDDER_WORKERS": str(args.workers),
+        "EMBEDDER_INTRA_OP_THREADS": str(args.threads),
     }
     proc = Proc(
         f"embedder-{backend}-{batching}", [PYTHON, "-m", "embedder"], env=env, log_dir=log_dir
@@ -162,6 +164,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before the window")
     parser.add_argument("--duration", type=float, default=5.0, help="measured window, seconds")
     parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1, help="EMBEDDER_WORKERS")
+    parser.add_argument("--threads", type=int, default=1, help="EMBEDDER_INTRA_OP_THREADS")
     args = parser.parse_args()
 
     log_dir = Path(tempfile.mkdtemp(prefix="bench-embedder-"))
@@ -182,7 +186,7 @@ def main() -> None:
             f"{backend}: batching gives {on.throughput / off.throughput:.1f}x the throughput "
             f"of one request at a time with {args.callers} callers"
         )
-    print(f"(server logs: {log_dir})")
+    print(f"(workers {args.workers}, intra-op threads {args.threads}; server logs: {log_dir})")
 
 
 if __name__ == "__main__":

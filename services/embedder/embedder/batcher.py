@@ -11,7 +11,7 @@
   microseconds at most) are tokenized on the event loop: a thread hop costs
   more than that. Larger ones are tokenized in their own thread: a request
   near the size limit takes tens of milliseconds, which must not stall the loop.
-- One worker takes everything waiting, oldest first, up to ``max_batch_size``
+- A worker takes everything waiting, oldest first, up to ``max_batch_size``
   texts and ``max_batch_tokens`` padded tokens (texts x the longest one, since
   every row is padded to it), and runs it as one batch in the inference
   thread. While it runs, new calls queue up and form the next batch: there is
@@ -48,6 +48,7 @@ class BatchLimits:
     max_batch_size: int
     max_batch_tokens: int
     max_queue_texts: int
+    workers: int = 1  # model runs at once, each in its own thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,22 +84,25 @@ class Batcher:
         self._queued_texts = 0  # admitted, not yet in a batch (includes those tokenizing)
         self._wake = asyncio.Event()
         self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
-        self._worker: asyncio.Task[None] | None = None
+        self._infer_pool = ThreadPoolExecutor(limits.workers, thread_name_prefix="infer")
+        self._workers: list[asyncio.Task[None]] = []
 
     @property
     def info(self) -> ModelInfo:
         return self._model.info
 
     def start(self) -> None:
-        self._worker = asyncio.create_task(self._run(), name="embedder-batcher")
+        self._workers = [
+            asyncio.create_task(self._run(), name=f"embedder-batcher-{n}")
+            for n in range(self._limits.workers)
+        ]
 
     async def close(self) -> None:
-        """Stop the worker and fail whatever is still queued (after a drain: nothing)."""
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        """Stop the workers and fail whatever is still queued (after a drain: nothing)."""
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
         while self._queue:
             self._drop(self._queue.popleft(), "shutdown", NotReady("the embedder is shutting down"))
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
@@ -106,7 +110,7 @@ class Batcher:
 
     async def embed(self, texts: Sequence[str], deadline: float | None = None) -> Embedded:
         """Embed ``texts`` with whoever else is waiting; ``deadline`` is on the loop's clock."""
-        if self._worker is None:
+        if not self._workers:
             raise NotReady("the embedder is not running")
         self._admit(len(texts))
         loop = asyncio.get_running_loop()

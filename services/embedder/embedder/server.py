@@ -62,6 +62,7 @@ class EmbedderServer:
             max_batch_size=self.settings.max_batch_size,
             max_batch_tokens=self.settings.max_batch_tokens,
             max_queue_texts=self.settings.max_queue_texts,
+            workers=self.settings.workers,
         )
         self.batcher = Batcher(model, limits, self.metrics)
         self.batcher.start()

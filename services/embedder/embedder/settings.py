@@ -37,6 +37,7 @@ class EmbedderSettings(BaseSettings):
     intra_op_threads: int = Field(
         1, ge=1, description="threads inside one inference (ONNX Runtime or torch)"
     )
+    workers: int = Field(1, ge=1, description="model runs at once, each in its own thread")
 
     # Batching
     max_batch_size: int = Field(64, ge=1, description="texts per batch; 1 turns batching off")

@@ -35,6 +35,8 @@ class FakeModel:
         self._gate = threading.Event()
         self._gate.set()
         self.running = threading.Event()
+        self.active = 0  # model runs in progress
+        self._lock = threading.Lock()
         self.tokenized_on: list[int] = []  # thread ids
 
     def hold(self) -> None:
@@ -60,9 +62,14 @@ class FakeModel:
         return out
 
     def embed(self, batch: Sequence[TokenizedText]) -> Vectors:
+        with self._lock:
+            self.active += 1
         self.running.set()
         assert self._gate.wait(10), "test never released the fake model"
-        self.running.clear()
+        with self._lock:
+            self.active -= 1
+            if not self.active:
+                self.running.clear()
         self.batches.append([item.text for item in batch])
         if self.fail_next:
             self.fail_next = False

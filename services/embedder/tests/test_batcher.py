@@ -17,8 +17,10 @@ from embedder.metrics import Metrics
 Until = Callable[..., Awaitable[None]]
 
 
-def limits(size: int = 64, tokens: int = 8192, queue: int = 1024) -> BatchLimits:
-    return BatchLimits(max_batch_size=size, max_batch_tokens=tokens, max_queue_texts=queue)
+def limits(size: int = 64, tokens: int = 8192, queue: int = 1024, workers: int = 1) -> BatchLimits:
+    return BatchLimits(
+        max_batch_size=size, max_batch_tokens=tokens, max_queue_texts=queue, workers=workers
+    )
 
 
 @pytest.fixture
@@ -59,6 +61,21 @@ async def test_each_caller_gets_its_own_vectors_in_input_order(
     result = await batcher.embed(texts)
     expected = np.stack([fake_model.vector_for(text) for text in texts])
     np.testing.assert_allclose(result.vectors, expected)
+
+
+async def test_a_second_worker_runs_the_next_batch_while_the_first_is_busy(
+    fake_model, metrics, until: Until
+) -> None:
+    batcher = await make(fake_model, metrics, workers=2)
+    fake_model.hold()
+    first = asyncio.create_task(batcher.embed(["first"]))
+    await until(fake_model.running.is_set)
+    second = asyncio.create_task(batcher.embed(["second"]))
+    await until(lambda: fake_model.active == 2)
+    fake_model.release()
+    await asyncio.gather(first, second)
+    await batcher.close()
+    assert sorted(fake_model.seen) == ["first", "second"]
 
 
 async def test_batch_size_one_runs_every_text_alone(fake_model, metrics, until: Until) -> None:
