@@ -4,11 +4,12 @@ A cosine threshold alone serves wrong answers: "lose 5 kg" and "lose 10 kg" sit 
 cosine 0.97. So every candidate FAISS returns goes through, in order:
 
 1. the backend's cosine floor (`Calibration.min_similarity`);
-2. hard rules that no similarity overrides: the numbers, the negation and the
-   named entities of the two questions must agree;
-3. a calibrated score (a logistic regression over cheap lexical features and the
-   cosine, fitted offline by `bench/cache_quality.py`) against the backend's
-   threshold.
+2. hard rules that no similarity overrides: the numbers, the negation, the
+   named entities and the polarity words ("best" / "worst") of the two
+   questions must agree;
+3. a calibrated score (a logistic function of the cosine, named entities present
+   on one side only, the question word and the length ratio, fitted offline by
+   `bench/cache_quality.py`) against the backend's threshold.
 
 Everything here is pure Python over two short strings: no model call, tens of
 microseconds per check. The query side is analysed once per lookup (cached).
@@ -47,35 +48,57 @@ NEGATIONS = _wordset(
     havent hasnt hadnt aint"""
 )
 
+# Words whose swap turns a question into another one ("arguments for" / "against").
+# A pair only counts when each side has its own word and not the other's, so
+# "pros and cons" and "good or bad" never trigger it.
+_ANTONYM_PAIRS = """for/against before/after best/worst better/worse good/bad increase/decrease
+    advantage/disadvantage pro/con more/less positive/negative male/female man/woman
+    men/women boy/girl rich/poor cheap/expensive cheapest/costliest buy/sell win/lose
+    love/hate like/dislike legal/illegal possible/impossible high/low higher/lower
+    easy/hard easy/difficult fast/slow strong/weak true/false import/export upload/download
+    maximum/minimum north/south east/west private/public hot/cold husband/wife
+    boyfriend/girlfriend mother/father son/daughter brother/sister right/wrong
+    success/failure inside/outside big/small large/small long/short agree/disagree
+    accept/reject pass/fail safe/dangerous happy/sad"""
+ANTONYMS = tuple(tuple(pair.split("/")) for pair in _ANTONYM_PAIRS.split())
+
+# "one" is left out: far more often a pronoun ("which one", "no one") than a count.
 _UNITS = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+    "zero _ two three four five six seven eight nine ten eleven twelve thirteen "
     "fourteen fifteen sixteen seventeen eighteen nineteen twenty"
 )
-NUMBER_WORDS = {word: str(value) for value, word in enumerate(_UNITS.split())}
+NUMBER_WORDS = {word: float(value) for value, word in enumerate(_UNITS.split()) if word != "_"}
 NUMBER_WORDS.update(
     {
-        "thirty": "30",
-        "forty": "40",
-        "fifty": "50",
-        "sixty": "60",
-        "seventy": "70",
-        "eighty": "80",
-        "ninety": "90",
-        "hundred": "100",
-        "thousand": "1000",
-        "million": "1000000",
-        "billion": "1000000000",
-        "lakh": "100000",
-        "crore": "10000000",
-        "half": "0.5",
-        "dozen": "12",
+        "thirty": 30,
+        "forty": 40,
+        "fifty": 50,
+        "sixty": 60,
+        "seventy": 70,
+        "eighty": 80,
+        "ninety": 90,
+        "hundred": 100,
+        "thousand": 1000,
+        "million": 1000000,
+        "billion": 1000000000,
+        "lakh": 100000,
+        "crore": 10000000,
+        "half": 0.5,
+        "dozen": 12,
     }
 )
 
 _QWORDS = _wordset("what which who whom whose when where why how")
 
-_WORD = re.compile(r"[A-Za-z0-9]+(?:[.'\u2019][A-Za-z0-9]+)*")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_WORD = re.compile(r"[A-Za-z0-9]+(?:[.'][A-Za-z0-9]+)*(?:\+\+|#)?")  # C++, C#
+_LOWER_WORD = re.compile(r"[a-z]+")
+_HYPHENATED = re.compile(r"\w+(?:-\w+)+")
+# A number and an optional one-letter suffix: "10k" (thousands), "5s" (a model), "5g".
+_NUMBER = re.compile(r"(\d+(?:,\d{3}(?!\d))*(?:\.\d+)?)([a-z]\b)?", re.IGNORECASE)
+
+_NT = re.compile(r"n't\b", re.IGNORECASE)
+# "Why or why not?", "not only", "No. 1": a "not" that does not negate the question.
+_NOT_A_NEGATION = re.compile(r"\bwhy or why not\b|\bor not\b|\bwhy not\b|\bnot only\b|\bno\.")
 _SENTENCE_END = re.compile(r"[.?!:;\"()\[\]]\s+|^")
 
 
@@ -91,9 +114,8 @@ class Analysis:
     """What the checks need from one question, computed once."""
 
     stems: frozenset[str]  # every word, lower-cased and lightly stemmed
-    content: frozenset[str]  # stems that are not function words
-    numbers: frozenset[str]  # normalised numeric values ("5", "1000", "2.5")
-    negated: bool
+    numbers: tuple[str, ...]  # normalised numeric values, sorted, repeats kept
+    negations: int  # how many negation words ("not" twice is not "not" once)
     entities: frozenset[str]  # stems of capitalised names, acronyms, camelCase
     qword: str  # first question word (what/how/why/...), "" if none
     length: int  # number of words
@@ -111,13 +133,23 @@ def _stem(word: str) -> str:
     return word
 
 
-def _number(text: str) -> str:
-    text = text.replace(",", "")
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return f"{value:g}" if math.isfinite(value) else text
+def _numbers(text: str) -> tuple[str, ...]:
+    """Numeric values, sorted: "1,000" "1000" "1k" "thousand" -> "1000"; "5s" stays "5s"."""
+    values = []
+    for digits, suffix in _NUMBER.findall(text):
+        value = float(digits.replace(",", ""))
+        if suffix.lower() == "k":
+            value, suffix = value * 1000, ""
+        if math.isfinite(value):
+            values.append(f"{value:.12g}{suffix.lower()}")
+    words = _LOWER_WORD.findall(text.lower())
+    values += [f"{NUMBER_WORDS[w]:.12g}" for w in words if w in NUMBER_WORDS]
+    return tuple(sorted(values))
+
+
+def _negations(text: str) -> int:
+    text = _NOT_A_NEGATION.sub(" ", text.lower())
+    return sum(1 for w in _LOWER_WORD.findall(text) if w in NEGATIONS)
 
 
 def _is_entity(token: str, sentence_start: bool, title_case: bool) -> bool:
@@ -126,7 +158,7 @@ def _is_entity(token: str, sentence_start: bool, title_case: bool) -> bool:
     letters = [c for c in token if c.isalpha()]
     if len(letters) >= 2 and all(c.isupper() for c in letters):
         return True  # acronym: USA, IIT, CSE
-    if any(c.isupper() for c in token[1:]) and token[1:].lower() != token[1:]:
+    if token[1:].lower() != token[1:]:
         return True  # camelCase: iPhone, YouTube
     return token[0].isupper() and not sentence_start and not title_case
 
@@ -140,58 +172,61 @@ def _words(text: str) -> list[tuple[str, bool]]:
     return out
 
 
+def _is_title_case(words: list[tuple[str, bool]]) -> bool:
+    """ "What Is The Best Way To Learn Python?": there, capitals say nothing."""
+    inner = [w for w, start in words if not start and w.lower() in STOPWORDS and w != "I"]
+    capitalised = sum(1 for w in inner if w[:1].isupper())
+    return capitalised >= max(1, len(inner) / 2)
+
+
 @lru_cache(maxsize=4096)
 def analyse(text: str) -> Analysis:
-    text = text.replace("\u2019", "'")
-    expanded = re.sub(r"n't\b", " not", text, flags=re.IGNORECASE)
-    words = _words(expanded)
-    # "What Is The Best Way To Learn Python?": capitals say nothing in Title Case.
-    inner_stop = [w for w, start in words if not start and w.lower() in STOPWORDS and w != "I"]
-    capitalised_stop = sum(1 for w in inner_stop if w[:1].isupper())
-    title_case = capitalised_stop >= max(1, len(inner_stop) / 2)
+    text = _NT.sub(" not", text.replace("\u2019", "'"))
+    words = _words(text)
+    title_case = _is_title_case(words)
     stems = [_stem(w) for w, _ in words]
-    numbers = {_number(n) for n in _NUMBER.findall(expanded)}
-    numbers |= {NUMBER_WORDS[s] for s in stems if s in NUMBER_WORDS}
-    qword = next((s for s in stems if s in _QWORDS), "")
+    # "Wi-Fi" also matches "WiFi", "e-mail" also "email".
+    joined = [_stem(h.replace("-", "")) for h in _HYPHENATED.findall(text)]
     return Analysis(
-        stems=frozenset(stems),
-        content=frozenset(s for s in stems if s not in STOPWORDS and s not in NEGATIONS),
-        numbers=frozenset(numbers),
-        negated=any(s in NEGATIONS for s in stems),
+        stems=frozenset(stems + joined),
+        numbers=_numbers(text),
+        negations=_negations(text),
         entities=frozenset(_stem(w) for w, start in words if _is_entity(w, start, title_case)),
-        qword=qword,
+        qword=next((s for s in stems if s in _QWORDS), ""),
         length=len(words),
     )
 
 
-def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
-    union = len(a | b)
-    return len(a & b) / union if union else 1.0
-
-
 def features(a: Analysis, b: Analysis, similarity: float) -> tuple[float, ...]:
     """The score's inputs, in the order of `calibration.FEATURES`."""
-    only_a, only_b = a.content - b.content, b.content - a.content
     values = {
         "cosine": similarity,
-        "jaccard": _jaccard(a.stems, b.stems),
-        "content_jaccard": _jaccard(a.content, b.content),
-        "unmatched_content": float(min(len(only_a), 4) + min(len(only_b), 4)),
+        # A name on one side only: "capital of France" vs "the capital".
         "unmatched_entities": float(len(a.entities - b.stems) + len(b.entities - a.stems)),
-        "length_ratio": min(a.length, b.length) / max(a.length, b.length, 1),
         "same_qword": 1.0 if a.qword == b.qword else 0.0,
+        "length_ratio": min(a.length, b.length) / max(a.length, b.length, 1),
     }
     return tuple(values[name] for name in FEATURES)
+
+
+def _opposed(a: frozenset[str], b: frozenset[str]) -> bool:
+    return any(
+        (x in a and y in b and y not in a and x not in b)
+        or (y in a and x in b and x not in a and y not in b)
+        for x, y in ANTONYMS
+    )
 
 
 def hard_rule(a: Analysis, b: Analysis) -> str | None:
     """The reason two questions cannot mean the same, or None."""
     if a.numbers != b.numbers:
         return "number_mismatch"
-    if a.negated != b.negated:
+    if a.negations != b.negations:
         return "negation_mismatch"
     if (a.entities - b.stems) and (b.entities - a.stems):
-        return "entity_mismatch"
+        return "entity_mismatch"  # each side names something the other does not
+    if _opposed(a.stems, b.stems):
+        return "antonym_mismatch"
     return None
 
 

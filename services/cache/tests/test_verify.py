@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from semcache.calibration import FEATURES, Calibration, calibration_for
 from semcache.verify import Verifier, analyse, features
 
@@ -77,8 +78,8 @@ def test_questions_that_differ_by_a_named_entity_never_match(
 @pytest.mark.parametrize(
     ("query", "candidate", "similarity"),
     [
-        ("How can I learn Python quickly?", "What is the fastest way to learn Python?", 0.93),
-        ("How do I lose weight fast?", "How can I lose weight quickly?", 0.95),
+        ("How can I learn Python quickly?", "What is the fastest way to learn Python?", 0.96),
+        ("How do I lose weight fast?", "How can I lose weight quickly?", 0.96),
         ("What is the capital of France?", "What's the capital of France?", 0.99),
         ("How do I lose 5 kg in a month?", "How can I lose five kg in a month?", 0.97),
         ("Why can't I sleep at night?", "Why can I not sleep at night?", 0.97),
@@ -132,6 +133,10 @@ def test_each_backend_has_its_own_entry() -> None:
         assert len(cal.weights) == len(FEATURES)
         assert 0.0 < cal.min_similarity < 1.0
         assert 0.0 < cal.score_threshold < 1.0
+
+
+def test_the_backends_are_calibrated_separately() -> None:
+    assert calibration_for("torch") != calibration_for("onnx-int8")
 
 
 def test_an_unknown_backend_gets_the_strictest_known_thresholds() -> None:
