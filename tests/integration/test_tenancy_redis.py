@@ -137,6 +137,34 @@ async def test_a_long_stream_keeps_its_slot_beyond_the_lease_ttl(
     await eventually(lambda: other.admit(tenant))
 
 
+async def test_concurrent_requests_get_exactly_the_budget_between_them(
+    limiters: Callable[..., Limiter], client: aioredis.Redis
+) -> None:
+    a, b = limiters(), limiters()
+    tenant = Tenant("acme", requests_per_s=0.01, burst=10, max_streams=None)
+    await client.script_flush()  # the batch reloads its script (NOSCRIPT) and carries on
+    outcomes = await asyncio.gather(
+        *(lim.admit(tenant) for _ in range(30) for lim in (a, b)), return_exceptions=True
+    )
+    assert sum(isinstance(o, Permit) for o in outcomes) == 10
+    assert sum(isinstance(o, RateLimited) for o in outcomes) == 50
+    assert a.stats().local_decisions == b.stats().local_decisions == 0
+
+
+async def test_a_request_cancelled_while_redis_answers_gives_its_stream_slot_back(
+    limiters: Callable[..., Limiter],
+) -> None:
+    a, b = limiters(), limiters()
+    tenant = Tenant("acme", requests_per_s=None, burst=None, max_streams=1)
+    task = asyncio.create_task(a.admit(tenant))
+    await asyncio.sleep(0)  # the script is on its way
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await a.close()  # waits for the batches on their way: Redis has answered
+    await b.admit(tenant)  # the slot is free at once, not after the lease TTL
+
+
 async def commands(client: aioredis.Redis) -> int:
     stats = await client.info("commandstats")
     return sum(int(v["calls"]) for v in stats.values())

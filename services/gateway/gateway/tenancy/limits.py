@@ -17,6 +17,8 @@ background task, or expires after ``lease_ttl_s`` if Redis cannot be reached.
 A request is never failed because Redis is down: an error or a call slower
 than ``redis_timeout_s`` moves the decision to the in-process limits at once,
 and Redis is tried again after an exponential back-off (one probe at a time).
+Calls made in the same event-loop turn share one pipelined round trip
+(``batch.py``).
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -112,7 +113,12 @@ class Limiter:
         self._clock = clock
         self._shared = None
         if redis is not None:
-            self._shared = SharedLimits(redis, prefix=config.prefix, lease_ttl_s=config.lease_ttl_s)
+            self._shared = SharedLimits(
+                redis,
+                prefix=config.prefix,
+                lease_ttl_s=config.lease_ttl_s,
+                timeout_s=config.redis_timeout_s,
+            )
         self._backoff = Backoff(config.backoff_s, config.backoff_max_s)
         self._in_flight = 0
         self._streams: dict[str, int] = {}  # tenant -> its permits in flight on this replica
@@ -120,7 +126,6 @@ class Limiter:
         self._leases: dict[str, set[str]] = {}  # tenant -> lease ids this replica holds in Redis
         self._replica = uuid.uuid4().hex[:12]
         self._seq = itertools.count()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._shed = self._rate_limited = self._local_decisions = self._redis_errors = 0
 
@@ -149,8 +154,8 @@ class Limiter:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
             self._renewer = None
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._shared is not None:
+            await self._shared.batcher.close()
 
     def stats(self) -> LimiterStats:
         return LimiterStats(
@@ -186,16 +191,15 @@ class Limiter:
         probe = not self._backoff.healthy
         lease = f"{self._replica}:{next(self._seq)}" if tenant.max_streams is not None else None
         try:
-            async with asyncio.timeout(self._config.redis_timeout_s):
-                verdict = await shared.admit(tenant, lease or "")
-        except asyncio.CancelledError:
+            verdict = await shared.admit(tenant, lease or "")
+        except asyncio.CancelledError:  # a lease taken for us is given back by ``shared``
             if probe:
                 self._backoff.abandoned()
-            self._drop_lease(tenant.name, lease)  # the script may have run
             raise
         except REDIS_ERRORS as exc:
             self._redis_failed(exc)
-            self._drop_lease(tenant.name, lease)
+            if lease is not None:  # the script may have run before the deadline
+                shared.release(tenant.name, lease)
             return None
         if self._backoff.succeeded():
             log.info("tenancy_redis_recovered")
@@ -238,39 +242,18 @@ class Limiter:
             self._streams[tenant] = left
         else:
             self._streams.pop(tenant, None)
-        if lease is not None:
+        if lease is not None and self._shared is not None:
             held = self._leases.get(tenant)
             if held is not None:
                 held.discard(lease)
                 if not held:
                     del self._leases[tenant]
-            self._drop_lease(tenant, lease)
-
-    def _drop_lease(self, tenant: str, lease: str | None) -> None:
-        """Remove a lease from Redis in the background (best effort: else it expires)."""
-        if lease is not None and self._shared is not None:
-            self._spawn(self._quietly(self._shared.release(tenant, lease)))
+            self._shared.release(tenant, lease)
 
     def _redis_failed(self, exc: BaseException) -> None:
         self._redis_errors += 1
         if self._backoff.failed(self._clock()):
             log.warning("tenancy_redis_unavailable", error=type(exc).__name__, detail=str(exc))
-
-    async def _quietly(self, work: Coroutine[Any, Any, None]) -> None:
-        try:
-            async with asyncio.timeout(self._config.redis_timeout_s * 4):
-                await work
-        except REDIS_ERRORS as exc:
-            log.debug("tenancy_redis_release_failed", error=type(exc).__name__)
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        try:
-            task = asyncio.get_running_loop().create_task(work)
-        except RuntimeError:  # no loop (interpreter shutting down): the lease expires
-            work.close()
-            return
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _start_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():
@@ -287,8 +270,7 @@ class Limiter:
             return
         for tenant, held in list(self._leases.items()):
             try:
-                async with asyncio.timeout(self._config.redis_timeout_s * 4):
-                    await self._shared.renew(tenant, sorted(held))
+                await self._shared.renew(tenant, sorted(held))
             except REDIS_ERRORS as exc:
                 log.debug("tenancy_redis_renew_failed", error=type(exc).__name__)
                 return

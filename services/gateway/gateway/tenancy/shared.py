@@ -6,7 +6,8 @@ Redis Cluster slot and one script can touch both::
     {prefix}:limits:{<tenant>}:rate      STRING  GCRA theoretical arrival time, µs of Redis TIME
     {prefix}:limits:{<tenant>}:streams   ZSET    member = lease id, score = lease expiry (µs)
 
-``admit`` is one ``EVALSHA`` (one round trip): drop expired leases, refuse if
+``admit`` is one ``EVALSHA`` (one round trip, shared with the other commands of
+the same event-loop turn: ``batch.py``): drop expired leases, refuse if
 the tenant already holds ``max_streams`` leases, else take a GCRA token, else
 add a lease. Nothing is written when the request is refused. Time is Redis's
 own ``TIME``, so replicas whose clocks disagree still share one bucket.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from gateway.tenancy.batch import Batcher
 from gateway.tenancy.model import Tenant
 
 ADMIT = """
@@ -76,14 +78,16 @@ class Verdict:
 
 
 class SharedLimits:
-    """The Redis side of the limiter: one script call per decision."""
+    """The Redis side of the limiter: one script per decision, batched per loop turn."""
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str, lease_ttl_s: float) -> None:
-        self._redis = redis
+    def __init__(
+        self, redis: aioredis.Redis, *, prefix: str, lease_ttl_s: float, timeout_s: float
+    ) -> None:
         self._prefix = prefix
         self._ttl_ms = max(1, round(lease_ttl_s * 1000))
-        self._admit = redis.register_script(ADMIT)
-        self._renew = redis.register_script(RENEW)
+        self.batcher = Batcher(redis, timeout_s)
+        self._admit = self.batcher.script(ADMIT)
+        self._renew = self.batcher.script(RENEW)
 
     def rate_key(self, tenant: str) -> str:
         return f"{self._prefix}:limits:{{{tenant}}}:rate"
@@ -92,7 +96,10 @@ class SharedLimits:
         return f"{self._prefix}:limits:{{{tenant}}}:streams"
 
     async def admit(self, tenant: Tenant, lease_id: str) -> Verdict:
-        """Take a token and, when the tenant has a stream limit, a lease named ``lease_id``."""
+        """Take a token and, when the tenant has a stream limit, a lease named ``lease_id``.
+
+        If the caller is cancelled before Redis answers, a lease taken for it is given back.
+        """
         interval_us = 1e6 / tenant.requests_per_s if tenant.requests_per_s else 0
         args = (
             repr(interval_us),
@@ -102,7 +109,12 @@ class SharedLimits:
             lease_id,
         )
         keys = (self.rate_key(tenant.name), self.streams_key(tenant.name))
-        outcome, retry_ms = await self._admit(keys=keys, args=args)
+
+        def give_back(reply: list[int]) -> None:
+            if lease_id and int(reply[0]) == ALLOWED:
+                self.release(tenant.name, lease_id)
+
+        outcome, retry_ms = await self.batcher.evalsha(self._admit, keys, args, give_back)
         outcome = int(outcome)
         if outcome == TOO_MANY_STREAMS:
             return Verdict(outcome, 1.0)  # unknown: when one of the tenant's streams ends
@@ -110,7 +122,10 @@ class SharedLimits:
 
     async def renew(self, tenant: str, lease_ids: list[str]) -> None:
         """Push the expiry of leases still held; a lease already gone stays gone."""
-        await self._renew(keys=(self.streams_key(tenant),), args=(self._ttl_ms, *lease_ids))
+        await self.batcher.evalsha(
+            self._renew, (self.streams_key(tenant),), (self._ttl_ms, *lease_ids)
+        )
 
-    async def release(self, tenant: str, lease_id: str) -> None:
-        await self._redis.zrem(self.streams_key(tenant), lease_id)
+    def release(self, tenant: str, lease_id: str) -> None:
+        """Remove a lease with the next batch (if that fails, the lease expires)."""
+        self.batcher.send("ZREM", self.streams_key(tenant), lease_id)
