@@ -11,8 +11,10 @@ cosine 0.97. So every candidate FAISS returns goes through, in order:
    on one side only, the question word and the length ratio, fitted offline by
    `bench/cache_quality.py`) against the backend's threshold.
 
-Everything here is pure Python over two short strings: no model call, tens of
-microseconds per check. The query side is analysed once per lookup (cached).
+Everything here is pure Python over two short strings, no model call: about
+40 microseconds of CPU to analyse a question, and a question is analysed once
+(an LRU cache keeps the query across its candidates and frequent candidates).
+The measured precision and recall, and what still fails: docs/cache-quality.md.
 """
 
 from __future__ import annotations
@@ -153,12 +155,14 @@ def _negations(text: str) -> int:
 
 
 def _is_entity(token: str, sentence_start: bool, title_case: bool) -> bool:
-    if len(token) < 2 or token.lower() in STOPWORDS or token.lower() in NEGATIONS:
+    if token.islower() or len(token) < 2:
+        return False  # the common case, first
+    lower = token.lower()
+    if lower in STOPWORDS or lower in NEGATIONS:
         return False
-    letters = [c for c in token if c.isalpha()]
-    if len(letters) >= 2 and all(c.isupper() for c in letters):
+    if token.isupper() and sum(c.isalpha() for c in token) >= 2:
         return True  # acronym: USA, IIT, CSE
-    if token[1:].lower() != token[1:]:
+    if token[1:] != token[1:].lower():
         return True  # camelCase: iPhone, YouTube
     return token[0].isupper() and not sentence_start and not title_case
 
