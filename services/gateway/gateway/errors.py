@@ -4,7 +4,8 @@
 
     GatewayError                      500 internal_error
     ├── InvalidRequest                400 invalid_request_error
-    │   └── PayloadTooLarge           413 invalid_request_error / payload_too_large
+    │   ├── PayloadTooLarge           413 invalid_request_error / payload_too_large
+    │   └── HeadersTooLarge           431 invalid_request_error / headers_too_large
     ├── Unauthorized                  401 authentication_error
     ├── Forbidden                     403 permission_error
     ├── ModelNotFound                 404 invalid_request_error / model_not_found
@@ -65,6 +66,11 @@ class InvalidRequest(GatewayError):
 class PayloadTooLarge(InvalidRequest):
     status = 413
     code = "payload_too_large"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    code = "headers_too_large"
 
 
 class Unauthorized(GatewayError):

@@ -103,6 +103,7 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, gt=0)
     max_messages: int = Field(512, gt=0)
     max_tokens_limit: int = Field(32_768, gt=0)
+    max_header_bytes: int = Field(16_384, gt=0, description="all request headers together")
 
     def all_backends(self) -> tuple[BackendConfig, ...]:
         """Backends from the environment plus those in ``backends_file``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import structlog.testing
 from aiohttp import web
 
 from gwkit import MODEL, MakeBackend, MakeGateway, backend, chat, content, events
@@ -212,3 +213,45 @@ async def test_models_are_read_from_backends_that_do_not_declare_them(
     assert [m["id"] for m in (await gw.get("/v1/models")).json()["data"]] == ["gamma"]
     reply = await gw.post("/v1/chat/completions", json={**chat(), "model": "gamma"})
     assert reply.status_code == 200
+
+
+async def test_prompts_and_completions_stay_out_of_logs_unless_enabled(
+    make_backend: MakeBackend, make_gateway: MakeGateway
+) -> None:
+    url = await make_backend()
+    secret = "my secret diagnosis is zebra"
+    for enabled in (False, True):
+        gw = await make_gateway([backend(url)], log_prompts=enabled)
+        with structlog.testing.capture_logs() as logs:
+            for stream in (False, True):
+                reply = await gw.post("/v1/chat/completions", json=chat(secret, stream=stream))
+                assert reply.status_code == 200
+        lines = [e for e in logs if e["event"] == "request_done" and "route" in e]
+        assert len(lines) == 2
+        dumped = str(logs)
+        answer = content(reply.text)
+        if enabled:
+            assert all(line["prompt"] == secret for line in lines)
+            assert answer and all(line["completion"] == answer for line in lines)
+        else:
+            assert secret not in dumped and answer not in dumped
+
+
+async def test_oversized_headers_get_431(
+    make_backend: MakeBackend, make_gateway: MakeGateway
+) -> None:
+    gw = await make_gateway([backend(await make_backend())], max_header_bytes=1024)
+    reply = await gw.post("/v1/chat/completions", json=chat(), headers={"X-Big": "x" * 2000})
+    assert reply.status_code == 431
+    assert reply.json()["error"]["code"] == "headers_too_large"
+
+
+async def test_token_metrics_come_from_usage_or_counted_chunks(
+    make_backend: MakeBackend, make_gateway: MakeGateway
+) -> None:
+    gw = await make_gateway([backend(await make_backend(output_tokens=6))])
+    await gw.post("/v1/chat/completions", json=chat("count me"))
+    await gw.post("/v1/chat/completions", json=chat("count me", stream=True))
+    text = (await gw.get("/metrics")).text
+    assert 'gateway_tokens_total{direction="out",model="mock-llama-3-8b"} 12.0' in text
+    assert 'gateway_tokens_total{direction="in",model="mock-llama-3-8b"}' in text

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway.api.body import parse, read_body, request_id
+from gateway.api.body import check_headers, parse, read_body, request_id
 from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
+from gateway.cache.keys import prompt_text
 from gateway.cache.policy import OPT_IN_HEADER
 from gateway.errors import InvalidRequest
 from gateway.proxy.call import Call, forwardable_headers
@@ -17,6 +18,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     400: {"description": "Malformed JSON or an invalid field (OpenAI error object)"},
     404: {"description": "Unknown model"},
     413: {"description": "Body over the size limit"},
+    431: {"description": "Headers over the size limit"},
     502: {"description": "Every model server failed"},
     503: {"description": "No backend available"},
     504: {"description": "The model server did not answer in time"},
@@ -52,6 +54,8 @@ def completions_router(settings: GatewaySettings, completions: Completions) -> A
             headers=forwardable_headers(request.scope["headers"], rid),
             request_id=rid,
         )
+        if settings.log_prompts:
+            call.prompt = prompt_text(req)
         return await completions.serve(
             call,
             req,
@@ -64,6 +68,7 @@ def completions_router(settings: GatewaySettings, completions: Completions) -> A
         "/v1/chat/completions", responses=ERRORS, openapi_extra=openapi_body(ChatCompletionRequest)
     )
     async def chat_completions(request: Request) -> Response:
+        check_headers(request, settings.max_header_bytes)
         body = await read_body(request, limit)
         req = parse(ChatCompletionRequest, body)
         check_limits(req.token_limit(), len(req.messages))
@@ -71,6 +76,7 @@ def completions_router(settings: GatewaySettings, completions: Completions) -> A
 
     @router.post("/v1/completions", responses=ERRORS, openapi_extra=openapi_body(CompletionRequest))
     async def completions_route(request: Request) -> Response:
+        check_headers(request, settings.max_header_bytes)
         body = await read_body(request, limit)
         req = parse(CompletionRequest, body)
         check_limits(req.token_limit())

@@ -68,6 +68,13 @@ def completion_key(tenant: str, req: CompletionRequest) -> CacheKey:
     return CacheKey(namespace, exact, text or None)
 
 
+def prompt_text(req: ChatCompletionRequest | CompletionRequest) -> str:
+    """The user's text, for logs when prompt logging is on."""
+    if isinstance(req, ChatCompletionRequest):
+        return _message_text(req.messages[-1]) or ""
+    return req.prompt if isinstance(req.prompt, str) else str(req.prompt)
+
+
 def _namespace(tenant: str, route: str, model: str, conditions: dict[str, Any]) -> str:
     # Readable prefix for operators; the digest makes it exact.
     return f"{tenant}/{route}/{model}/{_digest(conditions)}"

@@ -99,6 +99,13 @@ def _fresh_id(kind: str) -> str:
     return ("chatcmpl-" if kind == CHAT else "cmpl-") + uuid.uuid4().hex
 
 
+def text_of(answer: bytes) -> str:
+    """The generated text of a stored answer (first choice)."""
+    data = orjson.loads(answer)
+    choice = data["choices"][0]
+    return str((choice.get("message") or {}).get("content") or choice.get("text") or "")
+
+
 def replay_json(stored: bytes) -> bytes:
     data = orjson.loads(stored)
     data["id"] = _fresh_id(CHAT if data.get("object") == "chat.completion" else COMPLETION)

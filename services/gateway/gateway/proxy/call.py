@@ -59,4 +59,7 @@ class Call:
     first_token_at: float = 0.0
     attempts: int = 0
     tokens_out: int = 0
+    tokens_in: int = 0
     outcome: str = ""
+    prompt: str | None = None  # only when GATEWAY_LOG_PROMPTS is on
+    completion: str | None = None

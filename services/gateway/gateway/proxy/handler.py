@@ -10,7 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import orjson
+
 from gateway.balance.outcome import Outcome, classify
+from gateway.cache import stored
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.proxy.call import Call
@@ -54,6 +57,8 @@ class Proxy:
             outcome = classify(opened.status)
             opened.lease.release(outcome)
             self._count_attempt(call, outcome)
+            if outcome is Outcome.SUCCESS:
+                _read_answer(call, opened.first_chunk)
             self.finish(call, opened.status, outcome)
             if on_success is not None and outcome is Outcome.SUCCESS:
                 on_success(call, opened.first_chunk)
@@ -65,6 +70,10 @@ class Proxy:
             self._count_attempt(c, outcome)
             if watch is not None:
                 c.tokens_out = watch.completion_tokens
+                c.tokens_in = (watch.usage or {}).get("prompt_tokens", 0)
+            if c.prompt is not None and copy is not None:
+                answer = stored.from_stream(_kind(c), b"".join(copy))
+                c.completion = stored.text_of(answer) if answer else ""
             self.finish(c, 200 if outcome is not Outcome.CANCELLED else 499, outcome)
             if on_success is not None and copy is not None and outcome is Outcome.SUCCESS:
                 on_success(c, b"".join(copy))
@@ -74,7 +83,7 @@ class Proxy:
             call,
             done,
             extra_headers=headers[1:],
-            keep_copy=on_success is not None,
+            keep_copy=on_success is not None or call.prompt is not None,
             observe_gap=self._gap,
         )
 
@@ -107,6 +116,8 @@ class Proxy:
             m.overhead.labels(call.route).observe(max(0.0, now - call.started - upstream))
         if call.tokens_out:
             m.tokens.labels(call.model, "out").inc(call.tokens_out)
+        if call.tokens_in:
+            m.tokens.labels(call.model, "in").inc(call.tokens_in)
         if self._log_requests:
             log.info(
                 "request_done",
@@ -124,4 +135,30 @@ class Proxy:
                 if call.first_token_at
                 else None,
                 tokens_out=call.tokens_out,
+                **_texts(call),
             )
+
+
+def _texts(call: Call) -> dict[str, str]:
+    """Prompt and completion text: only present when GATEWAY_LOG_PROMPTS is on."""
+    if call.prompt is None:
+        return {}
+    return {"prompt": call.prompt, "completion": call.completion or ""}
+
+
+def _kind(call: Call) -> str:
+    return stored.CHAT if call.route.endswith("chat/completions") else stored.COMPLETION
+
+
+def _read_answer(call: Call, body: bytes) -> None:
+    """Token counts (and the text, when prompts are logged) of a non-streamed answer."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if isinstance(usage, dict):
+        call.tokens_out = int(usage.get("completion_tokens") or 0)
+        call.tokens_in = int(usage.get("prompt_tokens") or 0)
+    if call.prompt is not None and isinstance(data, dict) and data.get("choices"):
+        call.completion = stored.text_of(body)

@@ -20,19 +20,29 @@ _DONE = b"data: [DONE]"
 _ERROR_KEY = b'"error"'
 _USAGE = b'"usage"'
 _NULL_USAGE = (b'"usage":null', b'"usage": null')
+_EMPTY = (b'"content":""', b'"content": ""', b'"text":""', b'"text": ""')
 _TAIL = 24
 
 
 class StreamWatch:
     """Incremental facts about one SSE stream."""
 
-    __slots__ = ("_tail", "data_events", "done", "error", "first_token_seen", "usage")
+    __slots__ = (
+        "_tail",
+        "data_events",
+        "done",
+        "empty_events",
+        "error",
+        "first_token_seen",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self.first_token_seen = False
         self.done = False
         self.error: dict[str, object] | None = None
         self.data_events = 0
+        self.empty_events = 0  # role-only or finish-only chunks carry no token
         self.usage: dict[str, int] | None = None
         self._tail = b""
 
@@ -44,6 +54,8 @@ class StreamWatch:
         if not self.first_token_seen and b"data:" in window and _has_data_line(window):
             self.first_token_seen = first = True
         self.data_events += chunk.count(b"data:")
+        if b'""' in chunk:
+            self.empty_events += sum(map(chunk.count, _EMPTY))
         if not self.done and _DONE in window:
             self.done = True
             self.data_events -= 1
@@ -77,10 +89,14 @@ class StreamWatch:
 
     @property
     def completion_tokens(self) -> int:
-        """Tokens out: ``usage`` when the backend sent it, else one per data event."""
+        """Tokens out: ``usage`` when the backend sent it, else one per data event with text.
+
+        Counting chunks is exact for vLLM, llama.cpp and the mock (one token per
+        chunk); servers that pack several tokens in a chunk are undercounted.
+        """
         if self.usage and "completion_tokens" in self.usage:
             return self.usage["completion_tokens"]
-        return max(0, self.data_events - (1 if self.usage else 0))
+        return max(0, self.data_events - self.empty_events - (1 if self.usage else 0))
 
 
 def _has_data_line(window: bytes) -> bool:

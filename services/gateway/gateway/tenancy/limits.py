@@ -262,15 +262,19 @@ class Limiter:
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self._config.lease_ttl_s / 3)
-            await self.renew_leases()
+            try:
+                await self.renew_leases()
+            except Exception as exc:  # a bug must not stop the renewals
+                log.error("tenancy_renew_error", exc_info=exc)
 
     async def renew_leases(self) -> None:
-        """Push back the expiry of every lease this replica holds (also run periodically)."""
-        if self._shared is None:
+        """Push back the expiry of every lease this replica holds (one batch for all tenants)."""
+        if self._shared is None or not self._leases:
             return
-        for tenant, held in list(self._leases.items()):
-            try:
-                await self._shared.renew(tenant, sorted(held))
-            except REDIS_ERRORS as exc:
-                log.debug("tenancy_redis_renew_failed", error=type(exc).__name__)
+        renewals = [self._shared.renew(t, sorted(held)) for t, held in self._leases.items()]
+        for result in await asyncio.gather(*renewals, return_exceptions=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, REDIS_ERRORS):
+                    raise result
+                log.warning("tenancy_redis_renew_failed", error=type(result).__name__)
                 return
