@@ -198,6 +198,17 @@ def test_configmaps_hold_only_settings_the_services_read(
         assert settings.host == "0.0.0.0", name  # type: ignore[attr-defined]
 
 
+def test_gateway_secrets_come_from_an_optional_secret_never_a_configmap(overlay: Docs) -> None:
+    (container,) = pod_spec(workloads(overlay)["gateway"])["containers"]
+    secrets = [s["secretRef"] for s in container["envFrom"] if "secretRef" in s]
+    assert secrets == [{"name": "gateway-secrets", "optional": True}]
+    secret_fields = {f for f in GatewaySettings.model_fields if f.endswith("key")}
+    assert secret_fields, "the gateway has a secret setting (admin_key)"
+    for config in of_kind(overlay, "ConfigMap").values():
+        for field in secret_fields:
+            assert f"GATEWAY_{field.upper()}" not in config.get("data", {})
+
+
 def test_configmaps_use_the_variable_names_compose_uses(
     rendered: dict[str, Docs], compose: dict[str, Any]
 ) -> None:
