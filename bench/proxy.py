@@ -25,6 +25,7 @@ stopped at the end, also on Ctrl-C, SIGTERM or an error.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import itertools
 import json
@@ -36,8 +37,11 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
+
+import uvloop
 
 from bench.loadgen import Cell, CpuClock, Meter, run_slice
 from deploy.local.procs import PYTHON, ROOT, Proc, free_port, http_ok
@@ -50,6 +54,7 @@ MOCK_ENV = {
     "MOCKLLM_MAX_CONCURRENCY": "256",
     "MOCKLLM_MODELS": MODEL,
 }
+T = TypeVar("T")
 LOG_DIR = ROOT / "var" / "log" / "bench"
 ORDER = ("direct", "gateway", "gateway", "direct")
 TARGET_C16_ADDED_P50_MS = 1.5
@@ -296,6 +301,21 @@ def _terminate(signum: int, _frame: object) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
+def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on uvloop; SIGTERM cancels it (Ctrl-C already does, via asyncio.Runner)."""
+
+    async def guarded() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await coro
+
+    try:
+        return uvloop.run(guarded())
+    finally:
+        signal.signal(signal.SIGTERM, _terminate)  # the loop took it over
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     procs: list[Proc] = []
     try:
@@ -307,11 +327,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             "client": CpuClock(os.getpid(), children=False),  # not the stack
         }
         urls = {"direct": direct_url, "gateway": gateway_url}
-        import uvloop
-
-        cells = uvloop.run(measure(urls, clocks, args))
+        cells = _run_loop(measure(urls, clocks, args))
         if args.profile is not None:
-            uvloop.run(profile(gateway_url, gateway.pid, args))
+            _run_loop(profile(gateway_url, gateway.pid, args))
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -331,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.warmup:g} s warm-up per slice); logs in {LOG_DIR}",
         flush=True,
     )
-    rows = run(args)
+    try:
+        rows = run(args)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted: the mock and the gateway are stopped", file=sys.stderr)
+        return 130
     print()
     print(table(rows))
     print()
