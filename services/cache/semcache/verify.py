@@ -155,8 +155,8 @@ def _negations(text: str) -> int:
 
 
 def _is_entity(token: str, sentence_start: bool, title_case: bool) -> bool:
-    if token.islower() or len(token) < 2:
-        return False  # the common case, first
+    if token.islower():
+        return False  # the common case, first; "A" and "I" are stopwords below
     lower = token.lower()
     if lower in STOPWORDS or lower in NEGATIONS:
         return False

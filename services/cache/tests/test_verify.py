@@ -47,6 +47,7 @@ def test_questions_that_differ_by_a_number_never_match(
         ("Why do people like Python?", "Why don't people like Python?"),
         ("Why do people like Python?", "Why dont people like Python?"),
         ("Is coffee good for health?", "Is coffee never good for health?"),
+        ("How can I lose weight without exercise?", "How can I not lose weight without exercise?"),
     ],
 )
 def test_questions_that_differ_by_a_negation_never_match(
@@ -65,6 +66,7 @@ def test_questions_that_differ_by_a_negation_never_match(
         ("What do you think of Donald Trump?", "What do you think of Hillary Clinton?"),
         ("Is the iPhone better than the Pixel?", "Is the iPhone better than the Galaxy?"),
         ("How hard is it to get into IIT?", "How hard is it to get into MIT?"),
+        ("Is C++ hard to learn for a beginner?", "Is C hard to learn for a beginner?"),
     ],
 )
 def test_questions_that_differ_by_a_named_entity_never_match(
@@ -76,6 +78,22 @@ def test_questions_that_differ_by_a_named_entity_never_match(
 
 
 @pytest.mark.parametrize(
+    ("query", "candidate"),
+    [
+        ("What are some arguments for veganism?", "What are some arguments against veganism?"),
+        ("What is the best movie of 2016?", "What is the worst movie of 2016?"),
+        ("Is it legal to record a phone call?", "Is it illegal to record a phone call?"),
+    ],
+)
+def test_questions_with_opposed_words_never_match(
+    verifier: Verifier, query: str, candidate: str
+) -> None:
+    verdict = verifier.check(query, candidate, similarity=0.999)
+    assert not verdict.accepted
+    assert verdict.reason == "antonym_mismatch"
+
+
+@pytest.mark.parametrize(
     ("query", "candidate", "similarity"),
     [
         ("How can I learn Python quickly?", "What is the fastest way to learn Python?", 0.96),
@@ -83,6 +101,10 @@ def test_questions_that_differ_by_a_named_entity_never_match(
         ("What is the capital of France?", "What's the capital of France?", 0.99),
         ("How do I lose 5 kg in a month?", "How can I lose five kg in a month?", 0.97),
         ("Why can't I sleep at night?", "Why can I not sleep at night?", 0.97),
+        ("What are the pros and cons of remote work?", "Remote work: pros and cons?", 0.96),
+        ("Is Python worth learning? Why or why not?", "Is Python worth learning?", 0.97),
+        ("How To Learn Python Quickly?", "How to learn Python quickly?", 0.99),
+        ("How many grams are in 1,000 kg?", "How many grams are in 1000 kg?", 0.99),
     ],
 )
 def test_genuine_paraphrases_with_high_similarity_are_accepted(
