@@ -11,7 +11,10 @@ Threads, so no FAISS call of more than a few microseconds runs on the loop:
 - searches run in a small pool (``search_threads``), sharing each namespace's lock;
 - every change (adds, removals, expiry sweeps) runs on one writer thread, in the
   order it was submitted, so a removal is never overtaken by an older add;
-- rebuilds (compaction, flat -> IVF) run one at a time on a build thread.
+- rebuilds (compaction, flat -> IVF) run one at a time on a build thread, with
+  one OpenMP thread so searches keep their core; a full load (start, resync)
+  uses ``load_threads`` (default: every core), since it mostly runs before the
+  replica serves.
 
 Each pool thread sets FAISS's OpenMP thread count itself: ``omp_set_num_threads``
 only affects the thread that calls it.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -91,14 +95,15 @@ class FaissIndex:
         *,
         search_threads: int = 2,
         faiss_threads: int = 1,
-        build_threads: int = 1,
+        load_threads: int = 0,
         on_rebuild: RebuildObserver | None = None,
     ) -> None:
         self.params = params
         self._spaces: dict[str, NamespaceIndex] = {}
         self._search_pool = _pool(search_threads, "faiss-search", faiss_threads)
         self._writer = _pool(1, "faiss-write", faiss_threads)
-        self._builder = _pool(1, "faiss-build", build_threads)
+        self._builder = _pool(1, "faiss-build", 1)
+        self._load_threads = load_threads or os.cpu_count() or 1
         self._rebuild: asyncio.Task[None] | None = None
         self._on_rebuild = on_rebuild or (lambda reason, seconds: None)
 
@@ -163,6 +168,15 @@ class FaissIndex:
         return total
 
     def _build_all(
+        self, columns: dict[str, tuple[list[str], list[np.ndarray], list[np.ndarray]]]
+    ) -> dict[str, NamespaceIndex]:
+        faiss.omp_set_num_threads(self._load_threads)  # this thread only; reset below
+        try:
+            return self._build_each(columns)
+        finally:
+            faiss.omp_set_num_threads(1)
+
+    def _build_each(
         self, columns: dict[str, tuple[list[str], list[np.ndarray], list[np.ndarray]]]
     ) -> dict[str, NamespaceIndex]:
         spaces: dict[str, NamespaceIndex] = {}

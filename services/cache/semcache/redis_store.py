@@ -43,7 +43,8 @@ from semcache.model import (
 from semcache.store import ChangeBatch, Checkpoint
 
 _FIELDS = ("ns", "key", "prompt", "resp", "created", "exp", "up")
-_SCAN_COUNT = 2000
+_SCAN_COUNT = 1000
+_SCAN_ATTEMPTS = 3  # per batch: a slow reply is retried at the same cursor
 _DROP_BATCH = 1000
 _READ_COUNT = 1000
 
@@ -107,6 +108,7 @@ class RedisStore:
         block_ms: int = 1000,
         socket_timeout_s: float = 0.5,
         connect_timeout_s: float = 0.25,
+        scan_timeout_s: float = 30.0,
         on_error: ErrorObserver | None = None,
     ) -> None:
         self._prefix = prefix
@@ -115,12 +117,14 @@ class RedisStore:
         self._block_ms = block_ms
         self._redis = _client(url, socket_timeout_s, connect_timeout_s)
         self._follow = _client(url, block_ms / 1000 + socket_timeout_s, connect_timeout_s)
+        # Scans move megabytes per call: a slow reply is not an unavailable Redis.
+        self._bulk = _client(url, scan_timeout_s, connect_timeout_s)
         self._on_error = on_error or (lambda op: None)
         self._lru, self._exp = prefix + "lru", prefix + "exp"
         self._stream, self._epoch_key = prefix + "stream", prefix + "epoch"
         scripts = {
             name: self._redis.register_script(getattr(redis_scripts, name))
-            for name in ("PUT", "GET_EXACT", "REMOVE", "REMOVE_EXACT", "SCAN")
+            for name in ("PUT", "GET_EXACT", "REMOVE", "REMOVE_EXACT")
         }
         scripts["DROP_NAMESPACE_BATCH"] = self._redis.register_script(
             redis_scripts.DROP_NAMESPACE_BATCH
@@ -156,8 +160,8 @@ class RedisStore:
         """Nothing to do: connections are made on first use, and remade after errors."""
 
     async def close(self) -> None:
-        await self._redis.aclose()
-        await self._follow.aclose()
+        for client in (self._redis, self._follow, self._bulk):
+            await client.aclose()
 
     def _put_args(self, entry: Entry, now: float) -> list[Any]:
         ttl_ms = max(1, round((entry.expires_at - entry.created_at) * 1000))
@@ -290,11 +294,9 @@ class RedisStore:
 
     async def scan(self, now: float) -> AsyncIterator[list[Added]]:
         cursor: bytes | str = "0"
+        script = self._bulk.register_script(redis_scripts.SCAN)
         while True:
-            with self._translate("scan"):
-                reply = await self._scripts["SCAN"](
-                    keys=[self._exp], args=[cursor, _SCAN_COUNT, self._prefix, repr(now)]
-                )
+            reply = await self._scan_batch(script, cursor, now)
             cursor, items = reply[0], reply[1:]
             batch = [
                 Added(_text(items[i]), _text(items[i + 1]), items[i + 2], float(items[i + 3]))
@@ -304,6 +306,17 @@ class RedisStore:
                 yield batch
             if cursor in (b"0", "0"):
                 return
+
+    async def _scan_batch(self, script: Any, cursor: bytes | str, now: float) -> Any:
+        args = [cursor, _SCAN_COUNT, self._prefix, repr(now)]
+        for attempt in range(1, _SCAN_ATTEMPTS + 1):
+            try:
+                with self._translate("scan"):
+                    return await script(keys=[self._exp], args=args)
+            except StoreUnavailable:
+                if attempt == _SCAN_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     async def read_changes(self, checkpoint: Checkpoint) -> ChangeBatch:
         with self._translate("read_changes"):

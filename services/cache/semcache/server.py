@@ -130,7 +130,7 @@ def _index(settings: CacheSettings, metrics: CacheMetrics) -> FaissIndex:
         params,
         search_threads=settings.search_threads,
         faiss_threads=settings.faiss_threads,
-        build_threads=settings.build_threads,
+        load_threads=settings.load_threads,
         on_rebuild=metrics.observe_rebuild,
     )
 

@@ -47,4 +47,4 @@ class CacheSettings(BaseSettings):
     sweep_interval_s: float = Field(default=1.0, gt=0.0)
     faiss_threads: int = Field(default=1, ge=1)  # OpenMP threads per FAISS call
     search_threads: int = Field(default=2, ge=1)  # concurrent FAISS calls
-    build_threads: int = Field(default=1, ge=1)  # OpenMP threads of index builds
+    load_threads: int = Field(default=0, ge=0)  # OpenMP threads of full loads; 0: all cores
