@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import uvicorn
 
 from gateway.app import create_app
@@ -10,6 +12,9 @@ from llmgw_common.logs import configure_logging
 
 
 def main() -> None:
+    # Requests allocate many short-lived objects and few cycles: collect the
+    # young generation less often (profiling showed ~9% of CPU in the GC).
+    gc.set_threshold(10_000, 20, 20)
     settings = GatewaySettings()
     configure_logging("gateway", settings.log_level)
     uvicorn.run(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -18,9 +19,10 @@ from starlette.responses import Response
 
 from gateway.api.admin import admin_router
 from gateway.api.body import describe
-from gateway.api.completions import completions_router
+from gateway.api.completions import completions_routes
 from gateway.api.embeddings import embeddings_router
 from gateway.api.system import system_router
+from gateway.asgi import HotPaths
 from gateway.balance.breaker import BreakerConfig
 from gateway.balance.discovery import Discovery, fetch_models, parse_target
 from gateway.balance.engine_poller import EnginePoller
@@ -96,7 +98,7 @@ def create_app(
     *,
     pool: Pool | None = None,
     registry: CollectorRegistry | None = None,
-) -> FastAPI:
+) -> HotPaths:
     registry = registry if registry is not None else CollectorRegistry()
     metrics = GatewayMetrics(registry)
     pool = pool if pool is not None else Pool(pool_config(settings))
@@ -122,13 +124,16 @@ def create_app(
             fetch=lambda url: fetch_models(upstream.session, url),
         )
         await discovery.refresh()
-        tasks = [
-            asyncio.create_task(discovery.run(), name="discovery"),
-            asyncio.create_task(EnginePoller(pool, upstream.session).run(), name="engine"),
-        ]
+        tasks = [asyncio.create_task(discovery.run(), name="discovery")]
+        if settings.engine_metrics:
+            poller = EnginePoller(pool, upstream.session)
+            tasks.append(asyncio.create_task(poller.run(), name="engine"))
         log.info(
             "gateway_started", endpoints=[s.name for s in pool.snapshot()], models=pool.models()
         )
+        # What exists now lives as long as the process: keep it out of every GC pass.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -140,47 +145,45 @@ def create_app(
             await upstream.close()
 
     app = FastAPI(
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         title="llmgw",
         version="0.1.0",
         lifespan=lifespan,
         description="OpenAI-compatible LLM inference gateway",
     )
-    app.include_router(completions_router(settings, completions))
+    router, hot = completions_routes(settings, completions)
+    app.include_router(router)
     app.include_router(embeddings_router(settings, lambda: sidecars.embedder))
     app.include_router(admin_router(settings, lambda: sidecars.cache))
     app.include_router(system_router(pool, registry))
     install_error_handlers(app)
     app.state.pool = pool
     app.state.metrics = metrics
-    return app
+    return HotPaths(app, hot, error_response)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error leaves in the OpenAI shape."""
-
-    def answer(request: Request, error: GatewayError) -> Response:
-        headers = [(k.encode(), v.encode()) for k, v in error.headers().items()]
-        rid = getattr(request.state, "request_id", None)
-        if rid:
-            headers.append((b"x-request-id", rid.encode()))
-        return RawResponse(error.body(), error.status, "application/json", headers)
-
-    @app.exception_handler(GatewayError)
-    async def gateway_error(request: Request, exc: GatewayError) -> Response:
-        return answer(request, exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return answer(request, InvalidRequest(describe(exc)))  # type: ignore[arg-type]
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+def error_response(request: Request, exc: Exception) -> Response:
+    """Every error leaves in the OpenAI shape, with the request id when there is one."""
+    if isinstance(exc, RequestValidationError):
+        exc = InvalidRequest(describe(exc))  # type: ignore[arg-type]
+    elif isinstance(exc, StarletteHTTPException):
         error = GatewayError(str(exc.detail))
         error.status = exc.status_code
         error.type = "invalid_request_error" if exc.status_code < 500 else "internal_error"
-        return answer(request, error)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
+        exc = error
+    elif not isinstance(exc, GatewayError):
         log.error("unhandled_error", path=request.url.path, exc_info=exc)
-        return answer(request, GatewayError("Internal error in the gateway"))
+        exc = GatewayError("Internal error in the gateway")
+    headers = [(k.encode(), v.encode()) for k, v in exc.headers().items()]
+    rid = getattr(request.state, "request_id", None)
+    if rid:
+        headers.append((b"x-request-id", rid.encode()))
+    return RawResponse(exc.body(), exc.status, "application/json", headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def handler(request: Request, exc: Exception) -> Response:
+        return error_response(request, exc)
+
+    for kind in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, handler)

@@ -7,6 +7,7 @@ from fastapi.responses import Response
 
 from gateway.api.body import check_headers, parse, read_body, request_id
 from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
+from gateway.asgi import Handler
 from gateway.cache.keys import prompt_text
 from gateway.cache.policy import OPT_IN_HEADER
 from gateway.errors import InvalidRequest
@@ -30,7 +31,10 @@ def openapi_body(model: type) -> dict[str, object]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def completions_router(settings: GatewaySettings, completions: Completions) -> APIRouter:
+def completions_routes(
+    settings: GatewaySettings, completions: Completions
+) -> tuple[APIRouter, dict[str, Handler]]:
+    """The router (for the OpenAPI document and as a fallback) and the hot handlers."""
     router = APIRouter()
     limit = settings.max_body_bytes
 
@@ -82,4 +86,8 @@ def completions_router(settings: GatewaySettings, completions: Completions) -> A
         check_limits(req.token_limit())
         return await serve(request, "/v1/completions", body, req)
 
-    return router
+    hot: dict[str, Handler] = {
+        "/v1/chat/completions": chat_completions,
+        "/v1/completions": completions_route,
+    }
+    return router, hot
