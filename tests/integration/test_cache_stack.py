@@ -78,7 +78,7 @@ def test_repeat_and_paraphrase_hit_and_other_conditions_do_not(full_stack: Any) 
     unary = ask(gw, "How can I learn Python quickly?")
     assert unary.headers["x-cache"] == "HIT-EXACT"
     assert text_of(unary) == text_of(first)
-    paraphrase = ask(gw, "What is the fastest way to learn Python?")
+    paraphrase = ask(gw, "How can I learn Python fast?")
     assert paraphrase.headers["x-cache"] == "HIT-SEMANTIC", paraphrase.headers
     assert text_of(paraphrase) == text_of(first)
     assert ask(gw, "How can I learn Python quickly?", max_tokens=3).headers["x-cache"] == "MISS"
