@@ -132,6 +132,24 @@ async def test_a_call_whose_deadline_passes_in_the_queue_never_reaches_the_model
     assert fake_model.seen == ["busy", "after"]
 
 
+async def test_a_call_the_client_cancels_never_reaches_the_model(
+    stub, fake_model, until: Until, registry: CollectorRegistry
+) -> None:
+    fake_model.hold()
+    busy = asyncio.ensure_future(stub.Embed(embedder_pb2.EmbedRequest(texts=["busy"])))
+    await until(fake_model.running.is_set)
+    gone = stub.Embed(embedder_pb2.EmbedRequest(texts=["never mind"]))
+    await until(lambda: registry.get_sample_value("embedder_queue_depth") == 1)
+    gone.cancel()
+    await until(
+        lambda: registry.get_sample_value("embedder_requests_total", {"outcome": "cancelled"}) == 1
+    )
+    fake_model.release()
+    await busy
+    await stub.Embed(embedder_pb2.EmbedRequest(texts=["after"]))
+    assert fake_model.seen == ["busy", "after"]
+
+
 async def test_outcomes_texts_and_batches_are_counted(stub, registry: CollectorRegistry) -> None:
     await stub.Embed(embedder_pb2.EmbedRequest(texts=["one", "two"]))
     await embed_error(stub, [])
