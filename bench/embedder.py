@@ -9,7 +9,8 @@ sentences (about a dozen words, a distinct one per request):
 - 32 concurrent callers, one sentence per request, closed loop for a fixed
   window: sentences per second and latency, with batching on (the default
   ``EMBEDDER_MAX_BATCH_SIZE``) and off (``EMBEDDER_MAX_BATCH_SIZE=1``), plus
-  the mean batch size the server reports.
+  the mean batch size the server reports, and the server's CPU time per
+  sentence (warm-up included), which other jobs on the machine do not skew.
 
 The client runs on the same machine as the server and takes CPU from it, as a
 gateway next to the sidecar would. Everything is bounded: a few seconds per
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import psutil
 
 from deploy.local.procs import PYTHON, Proc, free_port, grpc_serving
 from llmgw.embedder.v1 import embedder_pb2, embedder_pb2_grpc
@@ -55,6 +57,7 @@ class Result:
     loaded_p50_ms: float
     loaded_p99_ms: float
     mean_batch: float
+    cpu_ms: float  # server CPU per sentence under load: immune to other jobs on the machine
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -99,14 +102,23 @@ async def loaded(
     return len(latencies), latencies
 
 
-async def measure(port: int, metrics_port: int, args: argparse.Namespace) -> tuple[float, ...]:
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+async def measure(
+    port: int, metrics_port: int, server: psutil.Process, args: argparse.Namespace
+) -> tuple[float, ...]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
         await single(stub, 20)  # connection and first calls
         one = await single(stub, args.single)
         batches = scrape(metrics_port, "embedder_batch_size_count")
         texts = scrape(metrics_port, "embedder_batch_size_sum")
+        cpu = cpu_seconds(server)
         count, many = await loaded(stub, args.callers, args.warmup, args.duration)
+        cpu = cpu_seconds(server) - cpu
         batches = scrape(metrics_port, "embedder_batch_size_count") - batches
         texts = scrape(metrics_port, "embedder_batch_size_sum") - texts
     return (
@@ -116,6 +128,7 @@ async def measure(port: int, metrics_port: int, args: argparse.Namespace) -> tup
         statistics.median(many) * 1e3,
         percentile(many, 0.99) * 1e3,
         texts / batches if batches else 0.0,
+        cpu / texts * 1e3 if texts else 0.0,
     )
 
 
@@ -135,7 +148,7 @@ def run_one(backend: str, batching: bool, args: argparse.Namespace, log_dir: Pat
     )
     try:
         proc.start().wait_until(lambda: grpc_serving(port), timeout=180)
-        numbers = asyncio.run(measure(port, metrics_port, args))
+        numbers = asyncio.run(measure(port, metrics_port, psutil.Process(proc.pid), args))
     finally:
         proc.stop()
     return Result(backend, batching, *numbers)
@@ -144,14 +157,15 @@ def run_one(backend: str, batching: bool, args: argparse.Namespace, log_dir: Pat
 def table(results: list[Result], callers: int) -> str:
     head = (
         f"| backend   | batching | 1 caller p50 ms | 1 caller p99 ms | {callers} callers sent/s "
-        f"| p50 ms | p99 ms | mean batch |"
+        f"| p50 ms | p99 ms | mean batch | server CPU ms/sentence |"
     )
     lines = [head, "|" + "|".join("-" * (len(cell)) for cell in head.split("|")[1:-1]) + "|"]
     for r in results:
         lines.append(
             f"| {r.backend:<9} | {'on' if r.batching else 'off':<8} | {r.single_p50_ms:15.2f} "
             f"| {r.single_p99_ms:15.2f} | {r.throughput:{len(str(callers)) + 16}.0f} "
-            f"| {r.loaded_p50_ms:6.1f} | {r.loaded_p99_ms:6.1f} | {r.mean_batch:10.1f} |"
+            f"| {r.loaded_p50_ms:6.1f} | {r.loaded_p99_ms:6.1f} | {r.mean_batch:10.1f} "
+            f"| {r.cpu_ms:22.2f} |"
         )
     return "\n".join(lines)
 
