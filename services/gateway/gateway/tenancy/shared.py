@@ -7,14 +7,15 @@ Redis Cluster slot and one script can touch both::
     {prefix}:limits:{<tenant>}:streams   ZSET    member = lease id, score = lease expiry (µs)
 
 ``admit`` is one ``EVALSHA`` (one round trip, shared with the other commands of
-the same event-loop turn: ``batch.py``): drop expired leases, refuse if
-the tenant already holds ``max_streams`` leases, else take a GCRA token, else
-add a lease. Nothing is written when the request is refused. Time is Redis's
-own ``TIME``, so replicas whose clocks disagree still share one bucket.
+the same event-loop turn: ``batch.py``): drop expired leases; refuse if the
+tenant already holds ``max_streams`` leases; refuse if the bucket has no token;
+otherwise take the token and add the lease. Nothing is written for a refused
+request. Time is Redis's own ``TIME``, so replicas whose clocks disagree still
+share one bucket.
 
 A lease expires ``lease_ttl`` after it was taken or last renewed: a replica
-renews the leases it holds every third of the TTL, so a stream may last any
-time, and a replica that crashes loses its slots within one TTL.
+renews the leases it holds every third of the TTL, so a stream may last as long
+as it needs, and the slots of a replica that crashed are free within one TTL.
 """
 
 from __future__ import annotations
