@@ -10,6 +10,7 @@ import asyncio
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -161,3 +162,16 @@ async def test_sigterm_lets_the_in_flight_call_finish(log_dir: Path) -> None:
     assert await asyncio.to_thread(server.proc.popen.wait, 30) == 0
     assert "drain_finished" in server.proc.log_path.read_text()
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_taken_port_exits_1_with_a_clear_log_line(log_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"EMBEDDER_HOST": "127.0.0.1", "EMBEDDER_PORT": str(port)}
+        env["EMBEDDER_METRICS_PORT"] = "0"
+        proc = Proc("embedder-taken", [PYTHON, "-m", "embedder"], env=env, log_dir=log_dir)
+        assert proc.start().popen is not None
+        assert proc.popen.wait(60) == 1
+    assert f"cannot serve gRPC on port {port}" in proc.log_path.read_text()

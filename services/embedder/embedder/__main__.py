@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from embedder.errors import EmbedderError
+from embedder.errors import EmbedderError, StartupFailed
 from embedder.export import ensure_onnx_int8
 from embedder.model import model_dir
 from embedder.server import create_server
@@ -21,7 +21,10 @@ log = get_logger(__name__)
 
 async def serve(settings: EmbedderSettings) -> None:
     server = create_server(settings)
-    start_metrics_server(settings.metrics_port, settings.host)
+    try:
+        start_metrics_server(settings.metrics_port, settings.host)
+    except OSError as exc:
+        raise StartupFailed(f"cannot serve metrics on port {settings.metrics_port}: {exc}") from exc
     await server.run()
 
 

@@ -8,7 +8,8 @@
     ├── NotReady                  UNAVAILABLE         (model loading, or draining)
     ├── DeadlineExpired           DEADLINE_EXCEEDED   (dropped before inference)
     ├── InferenceFailed           INTERNAL            (the model raised)
-    └── ModelBuildFailed          INTERNAL            (ONNX export at start failed)
+    └── StartupFailed             (the process exits 1: a port taken, ...)
+        └── ModelBuildFailed      (the ONNX export failed)
 
 Lower-layer exceptions are translated into these once (``raise ... from exc``);
 the servicer turns them into a gRPC status with the message as details.
@@ -54,6 +55,10 @@ class InferenceFailed(EmbedderError):
     outcome = "error"
 
 
-class ModelBuildFailed(EmbedderError):
+class StartupFailed(EmbedderError):
     code = grpc.StatusCode.INTERNAL
     outcome = "error"
+
+
+class ModelBuildFailed(StartupFailed):
+    pass

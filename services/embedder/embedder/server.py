@@ -14,6 +14,7 @@ from collections.abc import Callable
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from embedder.batcher import Batcher, BatchLimits
+from embedder.errors import StartupFailed
 from embedder.metrics import Metrics
 from embedder.model import EmbeddingModel, load_model, warm_up
 from embedder.servicer import EmbedderServicer, RequestLimits
@@ -35,12 +36,15 @@ class EmbedderServer:
     ) -> None:
         self.settings = settings
         self.metrics = Metrics(registry)
-        self.grpc = GrpcServer(
-            host=settings.host,
-            port=settings.port,
-            service_names=[SERVICE_NAME],
-            grace_s=settings.grace_s,
-        )
+        try:
+            self.grpc = GrpcServer(
+                host=settings.host,
+                port=settings.port,
+                service_names=[SERVICE_NAME],
+                grace_s=settings.grace_s,
+            )
+        except RuntimeError as exc:  # grpc cannot bind the port
+            raise StartupFailed(f"cannot serve gRPC on port {settings.port}: {exc}") from exc
         self.servicer = EmbedderServicer(
             RequestLimits(settings.max_texts_per_request, settings.max_chars_per_request),
             self.metrics,
