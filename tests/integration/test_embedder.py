@@ -175,3 +175,15 @@ def test_a_taken_port_exits_1_with_a_clear_log_line(log_dir: Path) -> None:
         assert proc.start().popen is not None
         assert proc.popen.wait(60) == 1
     assert f"cannot serve gRPC on port {port}" in proc.log_path.read_text()
+
+
+def test_a_failed_model_build_exits_1_and_says_why(log_dir: Path, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "cache"
+    not_a_dir.write_text("a file where the cache directory should be")
+    env = {"EMBEDDER_PORT": "0", "EMBEDDER_METRICS_PORT": "0", "EMBEDDER_CACHE_DIR": str(not_a_dir)}
+    proc = Proc("embedder-nobuild", [PYTHON, "-m", "embedder"], env=env, log_dir=log_dir)
+    assert proc.start().popen is not None
+    assert proc.popen.wait(120) == 1
+    log = proc.log_path.read_text()
+    assert "onnx_model_export_failed" in log
+    assert "embedder_failed" in log

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
 from embedder.errors import EmbedderError, StartupFailed
 from embedder.export import ensure_onnx_int8
@@ -37,11 +38,18 @@ def main() -> None:
         choices=["serve", "export-model"],
         help="serve (default), or build the int8 ONNX model into EMBEDDER_CACHE_DIR and exit",
     )
+    parser.add_argument(
+        "--cache-dir", type=Path, help="export-model: build here instead of EMBEDDER_CACHE_DIR"
+    )
     args = parser.parse_args()
     settings = EmbedderSettings()
     configure_logging("embedder", settings.log_level)
     if args.command == "export-model":
-        ensure_onnx_int8(model_dir(), settings.cache_dir)
+        try:
+            ensure_onnx_int8(model_dir(), args.cache_dir or settings.cache_dir)
+        except EmbedderError as exc:
+            log.error("onnx_model_export_failed", error=exc.message)
+            raise SystemExit(1) from exc
         return
     try:
         asyncio.run(serve(settings))

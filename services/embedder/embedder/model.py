@@ -95,10 +95,10 @@ def load_model(settings: EmbedderSettings) -> EmbeddingModel:
         from embedder.torch_model import TorchModel
 
         return TorchModel(model_dir(), threads=settings.intra_op_threads)
-    from embedder.export import ensure_onnx_int8
+    from embedder.export import ensure_onnx_int8_in_child
     from embedder.onnx_model import OnnxModel
 
-    onnx_path = ensure_onnx_int8(model_dir(), settings.cache_dir)
+    onnx_path = ensure_onnx_int8_in_child(settings.cache_dir)
     return OnnxModel(onnx_path, model_dir() / "tokenizer.json", threads=settings.intra_op_threads)
 
 
