@@ -33,6 +33,7 @@ from gateway.clients.cache import CacheClient
 from gateway.clients.embedder import EmbedderClient
 from gateway.clients.sidecar import Sidecar
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.gate import Gate
 from gateway.metrics import GatewayMetrics, PoolCollector
 from gateway.proxy.handler import Proxy
 from gateway.proxy.upstream import Upstream
@@ -107,6 +108,7 @@ def create_app(
     proxy = Proxy(upstream, metrics, log_requests=settings.log_requests)
     completions = Completions(settings, proxy)
     sidecars = Sidecars()
+    gate = Gate(settings, metrics)
     targets = [parse_target(b.url, b.models) for b in settings.all_backends()]
 
     @contextlib.asynccontextmanager
@@ -141,6 +143,7 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await completions.drain()
+            await gate.close()
             await sidecars.close()
             await upstream.close()
 
@@ -151,10 +154,10 @@ def create_app(
         lifespan=lifespan,
         description="OpenAI-compatible LLM inference gateway",
     )
-    router, hot = completions_routes(settings, completions)
+    router, hot = completions_routes(settings, completions, gate)
     app.include_router(router)
-    app.include_router(embeddings_router(settings, lambda: sidecars.embedder))
-    app.include_router(admin_router(settings, lambda: sidecars.cache))
+    app.include_router(embeddings_router(settings, lambda: sidecars.embedder, gate))
+    app.include_router(admin_router(settings, lambda: sidecars.cache, gate))
     app.include_router(system_router(pool, registry))
     install_error_handlers(app)
     app.state.pool = pool

@@ -29,17 +29,26 @@ class HotPaths:
         self._on_error = on_error
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self._routes.get(scope["path"])
-            if handler is not None:
-                request = Request(scope, receive)
-                try:
-                    response = await handler(request)
-                except Exception as exc:  # noqa: BLE001 - every error leaves in the OpenAI shape
-                    response = self._on_error(request, exc)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        try:
+            if scope["type"] == "http" and scope["method"] == "POST":
+                handler = self._routes.get(scope["path"])
+                if handler is not None:
+                    await self._serve(handler, scope, receive, send)
+                    return
+            await self.app(scope, receive, send)
+        finally:
+            # The request's admission permit (gate.py) ends with its response.
+            permit = scope.get("state", {}).get("permit")
+            if permit is not None:
+                permit.release()
+
+    async def _serve(self, handler: Handler, scope: Any, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await handler(request)
+        except Exception as exc:  # noqa: BLE001 - every error leaves in the OpenAI shape
+            response = self._on_error(request, exc)
+        await response(scope, receive, send)
 
     def __getattr__(self, name: str) -> Any:
         # ``state``, ``router``, ``openapi()``... are the FastAPI app's.

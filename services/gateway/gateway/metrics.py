@@ -97,6 +97,12 @@ class GatewayMetrics:
             "Clients that went away before their response ended",
             registry=registry,
         )
+        self.rejected = Counter(
+            "gateway_rejected_requests",
+            "Requests refused at the door, by reason",
+            ["reason"],
+            registry=registry,
+        )
         self.sidecar_errors = Counter(
             "gateway_sidecar_errors",
             "Failed or skipped calls to a sidecar, by gRPC code",

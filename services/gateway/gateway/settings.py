@@ -96,8 +96,21 @@ class GatewaySettings(BaseSettings):
     cache_max_embed_chars: int = Field(
         2000, gt=0, description="longer prompts are exact-only (beyond the model's window)"
     )
+    # Tenants, keys and limits (gateway/tenancy; docs/tenancy.md)
+    auth_enabled: bool = Field(False, description="require an API key (Bearer) per request")
+    api_keys_file: Path | None = Field(None, description="tenants and key digests (JSON/YAML)")
+    api_keys_cache_s: float = Field(5.0, gt=0, description="trust a Redis key answer this long")
     default_tenant: str = Field("default", min_length=1, description="tenant when auth is off")
     admin_key: str = Field("", description="key for /admin endpoints; empty: admin disabled")
+    admin_key_sha256: str = Field("", description="the admin key given as its SHA-256 digest")
+    redis_url: str = Field("", description="shared limits and keys; empty: per-replica limits")
+    redis_prefix: str = "llmgw"
+    redis_timeout_s: float = Field(0.05, gt=0, description="longest wait before deciding locally")
+    redis_backoff_s: float = Field(0.5, gt=0)
+    redis_backoff_max_s: float = Field(10.0, gt=0)
+    max_in_flight: int = Field(1024, ge=0, description="per process; beyond: 503 (0: no limit)")
+    expected_replicas: int = Field(1, ge=1, description="divides limits when Redis is away")
+    stream_lease_ttl_s: float = Field(30.0, gt=0, description="a dead replica's slots free after")
 
     # Input limits
     max_body_bytes: int = Field(1_048_576, gt=0)

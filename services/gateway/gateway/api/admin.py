@@ -1,12 +1,12 @@
-"""Admin endpoints: cache stats and invalidation. They need the admin key.
+"""Admin endpoints: cache stats and invalidation.
 
-``GATEWAY_ADMIN_KEY`` empty disables them (403). The key is compared in
-constant time.
+They need the admin key (``GATEWAY_ADMIN_KEY`` or its digest
+``GATEWAY_ADMIN_KEY_SHA256``, compared in constant time) or the key of a
+tenant marked ``admin``. With neither configured they answer 403.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 
 import orjson
@@ -18,7 +18,8 @@ from gateway.api.body import parse, read_body
 from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.cache.keys import chat_key, completion_key
 from gateway.clients.cache import CacheClient
-from gateway.errors import DependencyUnavailable, Forbidden, InvalidRequest, Unauthorized
+from gateway.errors import DependencyUnavailable, InvalidRequest
+from gateway.gate import Gate
 from gateway.responses import RawResponse
 from gateway.settings import GatewaySettings
 
@@ -41,15 +42,13 @@ class InvalidateBody(BaseModel):
         return self
 
 
-def admin_router(settings: GatewaySettings, cache: Callable[[], CacheClient | None]) -> APIRouter:
+def admin_router(
+    settings: GatewaySettings, cache: Callable[[], CacheClient | None], gate: Gate
+) -> APIRouter:
     router = APIRouter(prefix="/admin")
 
-    def authorize(request: Request) -> CacheClient:
-        if not settings.admin_key:
-            raise Forbidden("Admin endpoints are disabled: GATEWAY_ADMIN_KEY is not set")
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), settings.admin_key.encode()):
-            raise Unauthorized("A valid admin key is required")
+    async def authorize(request: Request) -> CacheClient:
+        await gate.authorize_admin(request)
         client = cache()
         if client is None:
             raise DependencyUnavailable("No cache service is configured on this gateway")
@@ -57,7 +56,7 @@ def admin_router(settings: GatewaySettings, cache: Callable[[], CacheClient | No
 
     @router.get("/cache/stats")
     async def stats(request: Request) -> Response:
-        reply = await authorize(request).stats()
+        reply = await (await authorize(request)).stats()
         body = {
             "entries": reply.entries,
             "namespaces": reply.namespaces,
@@ -71,7 +70,7 @@ def admin_router(settings: GatewaySettings, cache: Callable[[], CacheClient | No
 
     @router.post("/cache/invalidate")
     async def invalidate(request: Request) -> Response:
-        client = authorize(request)
+        client = await authorize(request)
         req = parse(InvalidateBody, await read_body(request, settings.max_body_bytes))
         tenant = req.tenant or settings.default_tenant
         if req.all:

@@ -11,17 +11,21 @@ from gateway.asgi import Handler
 from gateway.cache.keys import prompt_text
 from gateway.cache.policy import OPT_IN_HEADER
 from gateway.errors import InvalidRequest
+from gateway.gate import Gate
 from gateway.proxy.call import Call, forwardable_headers
 from gateway.serving import Completions
 from gateway.settings import GatewaySettings
+from gateway.tenancy import Tenant
 
 ERRORS: dict[int | str, dict[str, object]] = {
     400: {"description": "Malformed JSON or an invalid field (OpenAI error object)"},
+    401: {"description": "Missing or unknown API key"},
     404: {"description": "Unknown model"},
     413: {"description": "Body over the size limit"},
+    429: {"description": "The tenant's rate or stream limit (Retry-After)"},
     431: {"description": "Headers over the size limit"},
     502: {"description": "Every model server failed"},
-    503: {"description": "No backend available"},
+    503: {"description": "No backend available, or the gateway is shedding load (Retry-After)"},
     504: {"description": "The model server did not answer in time"},
 }
 
@@ -32,7 +36,7 @@ def openapi_body(model: type) -> dict[str, object]:
 
 
 def completions_routes(
-    settings: GatewaySettings, completions: Completions
+    settings: GatewaySettings, completions: Completions, gate: Gate
 ) -> tuple[APIRouter, dict[str, Handler]]:
     """The router (for the OpenAPI document and as a fallback) and the hot handlers."""
     router = APIRouter()
@@ -44,11 +48,21 @@ def completions_routes(
         if messages > settings.max_messages:
             raise InvalidRequest(f"Too many messages: the limit is {settings.max_messages}")
 
-    async def serve(
-        request: Request, route: str, body: bytes, req: ChatCompletionRequest | CompletionRequest
-    ) -> Response:
+    async def enter(request: Request) -> tuple[str, Tenant]:
+        """Request id, header limits, then the caller's key and limits: before any body."""
         rid = request_id(request)
         request.state.request_id = rid
+        check_headers(request, settings.max_header_bytes)
+        return rid, await gate.enter(request)
+
+    async def serve(
+        request: Request,
+        route: str,
+        body: bytes,
+        req: ChatCompletionRequest | CompletionRequest,
+        rid: str,
+        tenant: Tenant,
+    ) -> Response:
         call = Call(
             route=route,
             path=route,
@@ -63,7 +77,7 @@ def completions_routes(
         return await completions.serve(
             call,
             req,
-            tenant=settings.default_tenant,
+            tenant=tenant.name,
             cache_control=request.headers.get("cache-control", ""),
             opt_in=request.headers.get(OPT_IN_HEADER, ""),
         )
@@ -72,19 +86,19 @@ def completions_routes(
         "/v1/chat/completions", responses=ERRORS, openapi_extra=openapi_body(ChatCompletionRequest)
     )
     async def chat_completions(request: Request) -> Response:
-        check_headers(request, settings.max_header_bytes)
+        rid, tenant = await enter(request)
         body = await read_body(request, limit)
         req = parse(ChatCompletionRequest, body)
         check_limits(req.token_limit(), len(req.messages))
-        return await serve(request, "/v1/chat/completions", body, req)
+        return await serve(request, "/v1/chat/completions", body, req, rid, tenant)
 
     @router.post("/v1/completions", responses=ERRORS, openapi_extra=openapi_body(CompletionRequest))
     async def completions_route(request: Request) -> Response:
-        check_headers(request, settings.max_header_bytes)
+        rid, tenant = await enter(request)
         body = await read_body(request, limit)
         req = parse(CompletionRequest, body)
         check_limits(req.token_limit())
-        return await serve(request, "/v1/completions", body, req)
+        return await serve(request, "/v1/completions", body, req, rid, tenant)
 
     hot: dict[str, Handler] = {
         "/v1/chat/completions": chat_completions,

@@ -16,6 +16,7 @@ from gateway.api.completions import ERRORS, openapi_body
 from gateway.api.schemas import EmbeddingRequest
 from gateway.clients.embedder import EmbedderClient
 from gateway.errors import DependencyUnavailable, ModelNotFound
+from gateway.gate import Gate
 from gateway.responses import RawResponse
 from gateway.settings import GatewaySettings
 
@@ -25,19 +26,20 @@ def _same_model(asked: str, served: str) -> bool:
 
 
 def embeddings_router(
-    settings: GatewaySettings, embedder: Callable[[], EmbedderClient | None]
+    settings: GatewaySettings, embedder: Callable[[], EmbedderClient | None], gate: Gate
 ) -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/embeddings", responses=ERRORS, openapi_extra=openapi_body(EmbeddingRequest))
     async def embeddings(request: Request) -> Response:
+        rid = request_id(request)
+        request.state.request_id = rid
+        await gate.enter(request)
         body = await read_body(request, settings.max_body_bytes)
         req = parse(EmbeddingRequest, body)
         client = embedder()
         if client is None:
             raise DependencyUnavailable("No embedder is configured on this gateway")
-        rid = request_id(request)
-        request.state.request_id = rid
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         result = await client.embed(texts, deadline_s=settings.embeddings_timeout_s, request_id=rid)
         if not _same_model(req.model, result.model):

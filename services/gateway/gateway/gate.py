@@ -1,0 +1,98 @@
+"""Who may come in: authenticate the caller, then admit the request under its limits.
+
+Built once by the lifespan from the settings (``tenancy/`` has the mechanisms:
+hashed keys from a file or Redis, per-tenant rate and stream limits shared
+through Redis with a local fallback, and global load shedding). The permit is
+kept on the request (``request.state.permit``) and released by the outermost
+ASGI layer when the response has really ended: the last byte of a stream, an
+error, or a client that went away.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from gateway.errors import Overloaded, RateLimited
+from gateway.metrics import GatewayMetrics
+from gateway.settings import GatewaySettings
+from gateway.tenancy import (
+    AuthConfig,
+    Authenticator,
+    FileKeyStore,
+    KeyStore,
+    Limiter,
+    LimitsConfig,
+    RedisKeysConfig,
+    RedisKeyStore,
+    Tenant,
+    connect,
+    hash_key,
+)
+
+
+class Gate:
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+        self.redis = (
+            connect(settings.redis_url, timeout_s=settings.redis_timeout_s)
+            if (settings.redis_url)
+            else None
+        )
+        store: KeyStore | None = None
+        if settings.api_keys_file is not None:
+            store = FileKeyStore(settings.api_keys_file)
+        elif self.redis is not None:
+            store = RedisKeyStore(
+                self.redis,
+                RedisKeysConfig(
+                    prefix=settings.redis_prefix,
+                    cache_s=settings.api_keys_cache_s,
+                    timeout_s=settings.redis_timeout_s,
+                    backoff_s=settings.redis_backoff_s,
+                    backoff_max_s=settings.redis_backoff_max_s,
+                ),
+            )
+        admin = settings.admin_key_sha256 or (
+            hash_key(settings.admin_key) if settings.admin_key else ""
+        )
+        self.auth = Authenticator(
+            AuthConfig(
+                enabled=settings.auth_enabled,
+                default_tenant=settings.default_tenant,
+                admin_key_sha256=admin,
+            ),
+            store,
+        )
+        self.limiter = Limiter(
+            LimitsConfig(
+                max_in_flight=settings.max_in_flight,
+                replicas=settings.expected_replicas,
+                redis_timeout_s=settings.redis_timeout_s,
+                backoff_s=settings.redis_backoff_s,
+                backoff_max_s=settings.redis_backoff_max_s,
+                lease_ttl_s=settings.stream_lease_ttl_s,
+                prefix=settings.redis_prefix,
+            ),
+            self.redis,
+        )
+
+    async def enter(self, request: Request) -> Tenant:
+        """The caller's tenant, admitted; raises 401/403/429/503 in the OpenAI shape."""
+        tenant = await self.auth.authenticate(request.headers.get("authorization"))
+        try:
+            request.state.permit = await self.limiter.admit(tenant)
+        except RateLimited:
+            self._metrics.rejected.labels("rate_limited").inc()
+            raise
+        except Overloaded:
+            self._metrics.rejected.labels("overloaded").inc()
+            raise
+        return tenant
+
+    async def authorize_admin(self, request: Request) -> None:
+        await self.auth.authorize_admin(request.headers.get("authorization"))
+
+    async def close(self) -> None:
+        await self.limiter.close()
+        if self.redis is not None:
+            await self.redis.aclose()
