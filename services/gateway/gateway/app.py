@@ -34,7 +34,7 @@ from gateway.clients.embedder import EmbedderClient
 from gateway.clients.sidecar import Sidecar
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.gate import Gate
-from gateway.metrics import GatewayMetrics, PoolCollector
+from gateway.metrics import GatewayMetrics
 from gateway.proxy.handler import Proxy
 from gateway.proxy.upstream import Upstream
 from gateway.responses import RawResponse
@@ -94,6 +94,12 @@ class Sidecars:
                 await client.sidecar.close()
 
 
+async def refresh_backend_gauges(pool: Pool, metrics: GatewayMetrics) -> None:
+    while True:
+        metrics.backends.refresh(pool.snapshot())
+        await asyncio.sleep(1.0)
+
+
 def create_app(
     settings: GatewaySettings,
     *,
@@ -103,7 +109,6 @@ def create_app(
     registry = registry if registry is not None else CollectorRegistry()
     metrics = GatewayMetrics(registry)
     pool = pool if pool is not None else Pool(pool_config(settings))
-    registry.register(PoolCollector(pool.snapshot))
     upstream = Upstream(settings, pool, metrics)
     proxy = Proxy(upstream, metrics, log_requests=settings.log_requests)
     completions = Completions(settings, proxy)
@@ -126,7 +131,10 @@ def create_app(
             fetch=lambda url: fetch_models(upstream.session, url),
         )
         await discovery.refresh()
-        tasks = [asyncio.create_task(discovery.run(), name="discovery")]
+        tasks = [
+            asyncio.create_task(discovery.run(), name="discovery"),
+            asyncio.create_task(refresh_backend_gauges(pool, metrics), name="gauges"),
+        ]
         if settings.engine_metrics:
             poller = EnginePoller(pool, upstream.session)
             tasks.append(asyncio.create_task(poller.run(), name="engine"))
@@ -158,7 +166,7 @@ def create_app(
     app.include_router(router)
     app.include_router(embeddings_router(settings, lambda: sidecars.embedder, gate))
     app.include_router(admin_router(settings, lambda: sidecars.cache, gate))
-    app.include_router(system_router(pool, registry))
+    app.include_router(system_router(pool, registry, metrics, multiprocess=settings.workers > 1))
     install_error_handlers(app)
     app.state.pool = pool
     app.state.metrics = metrics

@@ -5,17 +5,22 @@ histograms). Buckets fit LLM traffic: a time to first token of tens of
 milliseconds to seconds, requests that last up to minutes.
 
 Per-backend state (EWMA cost, pending, breaker state) is not updated on the
-hot path: a collector reads the pool's snapshot when Prometheus scrapes.
+hot path: :class:`BackendGauges` copies the pool's snapshot every second and
+at each scrape.
+
+With several uvicorn workers (``GATEWAY_WORKERS`` > 1) the metrics use
+prometheus-client's multiprocess mode: every worker writes its values to files
+in ``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics``, whichever worker answers,
+aggregates them all: counters and histograms summed, the in-flight gauge
+summed over live workers, per-backend gauges one series per worker ``pid``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
@@ -61,7 +66,10 @@ class GatewayMetrics:
             registry=registry,
         )
         self.in_flight = Gauge(
-            "gateway_in_flight_requests", "Requests being served", registry=registry
+            "gateway_in_flight_requests",
+            "Requests being served",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.upstream = Counter(
             "gateway_upstream_attempts",
@@ -129,6 +137,7 @@ class GatewayMetrics:
             "Upstream time the hits did not spend",
             registry=registry,
         )
+        self.backends = BackendGauges(registry)
         self.tokens = Counter(
             "gateway_tokens",
             "Tokens in and out (usage when sent, else counted chunks)",
@@ -137,37 +146,45 @@ class GatewayMetrics:
         )
 
 
-class PoolCollector(Collector):
-    """Per-endpoint gauges, read from the pool at scrape time."""
+class BackendGauges:
+    """Per-endpoint routing state as gauges, refreshed from the pool's snapshot.
 
-    def __init__(self, snapshot: Callable[[], Iterable[Any]]) -> None:
-        self._snapshot = snapshot
+    Refreshed every second by each worker and at every scrape, so the values
+    also aggregate in multiprocess mode (one series per worker pid there).
+    """
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        cost = GaugeMetricFamily(
-            "gateway_backend_ewma_cost_seconds",
-            "Peak-EWMA latency cost per endpoint",
-            labels=["endpoint"],
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def gauge(name: str, doc: str, labels: list[str]) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry, multiprocess_mode="liveall")
+
+        self.cost = gauge(
+            "gateway_backend_ewma_cost_seconds", "Peak-EWMA latency cost per endpoint", ["endpoint"]
         )
-        pending = GaugeMetricFamily(
-            "gateway_backend_pending_requests",
-            "Requests in flight per endpoint",
-            labels=["endpoint"],
+        self.pending = gauge(
+            "gateway_backend_pending_requests", "Requests in flight per endpoint", ["endpoint"]
         )
-        state = GaugeMetricFamily(
+        self.state = gauge(
             "gateway_backend_breaker_state",
             "1 for the endpoint's current breaker state",
-            labels=["endpoint", "state"],
+            ["endpoint", "state"],
         )
-        ejections = GaugeMetricFamily(
-            "gateway_backend_ejections",
-            "Times the breaker opened for the endpoint",
-            labels=["endpoint"],
+        self.ejections = gauge(
+            "gateway_backend_ejections", "Times the breaker opened for the endpoint", ["endpoint"]
         )
-        for ep in self._snapshot():
-            cost.add_metric([ep.name], float(ep.cost))
-            pending.add_metric([ep.name], float(ep.pending))
-            ejections.add_metric([ep.name], float(ep.ejections))
+        self._known: set[str] = set()
+
+    def refresh(self, snapshot: Iterable[Any]) -> None:
+        seen = set()
+        for ep in snapshot:
+            seen.add(ep.name)
+            self.cost.labels(ep.name).set(float(ep.cost))
+            self.pending.labels(ep.name).set(float(ep.pending))
+            self.ejections.labels(ep.name).set(float(ep.ejections))
             for name in BREAKER_STATES:
-                state.add_metric([ep.name, name], 1.0 if str(ep.breaker) == name else 0.0)
-        yield from (cost, pending, state, ejections)
+                self.state.labels(ep.name, name).set(1.0 if str(ep.breaker) == name else 0.0)
+        for gone in self._known - seen:
+            for gauge in (self.cost, self.pending, self.ejections):
+                gauge.remove(gone)
+            for name in BREAKER_STATES:
+                self.state.remove(gone, name)
+        self._known = seen

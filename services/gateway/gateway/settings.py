@@ -44,6 +44,10 @@ class GatewaySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    metrics_dir: Path = Field(
+        Path("/tmp/llmgw-gateway-metrics"),
+        description="with several workers: where they share metric values (emptied at start)",
+    )
     log_level: str = "info"
     log_requests: bool = Field(True, description="one JSON log line per request")
     log_prompts: bool = Field(False, description="include prompt and completion text in logs")

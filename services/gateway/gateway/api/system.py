@@ -8,14 +8,28 @@ import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.balance.pool import Pool
+from gateway.metrics import GatewayMetrics
 from gateway.responses import RawResponse
 
 
-def system_router(pool: Pool, registry: CollectorRegistry) -> APIRouter:
+def scrape_registry(registry: CollectorRegistry, multiprocess: bool) -> CollectorRegistry:
+    """This process's registry, or all workers' values in multiprocess mode."""
+    if not multiprocess:
+        return registry
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged)
+    return merged
+
+
+def system_router(
+    pool: Pool, registry: CollectorRegistry, metrics: GatewayMetrics, *, multiprocess: bool
+) -> APIRouter:
     router = APIRouter()
     started = int(time.time())
+    scrape = scrape_registry(registry, multiprocess)
 
     @router.get("/v1/models")
     async def list_models() -> Response:
@@ -42,7 +56,8 @@ def system_router(pool: Pool, registry: CollectorRegistry) -> APIRouter:
         return RawResponse(orjson.dumps(body), 200 if ready else 503, "application/json")
 
     @router.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus_metrics() -> Response:
+        metrics.backends.refresh(pool.snapshot())
+        return Response(generate_latest(scrape), media_type=CONTENT_TYPE_LATEST)
 
     return router
