@@ -153,3 +153,19 @@ async def test_a_stopped_redis_is_unavailable_not_a_crash(
         await a.get_exact("ns", "k1", time.time())
     with pytest.raises(StoreUnavailable):
         await a.put(entry(2))
+
+
+async def test_a_malformed_stream_message_is_skipped(
+    stores: tuple[RedisStore, RedisStore], redis_url: str
+) -> None:
+    a, b = stores
+    checkpoint = await b.checkpoint()
+    client = aioredis.Redis.from_url(redis_url)
+    await client.xadd("{llmgw-cache}:stream", {"op": "add", "id": "broken"})  # no vector
+    await client.aclose()
+    await a.put(entry(1))
+
+    batch = await b.read_changes(checkpoint)
+
+    assert [type(c).__name__ for c in batch.changes] == ["Added"]
+    assert batch.checkpoint.read == checkpoint.read + 2

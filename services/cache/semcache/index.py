@@ -26,7 +26,7 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -131,10 +131,12 @@ class FaissIndex:
 
         for (kind, namespace), run in itertools.groupby(changes, key=run_key):
             if kind is Added:
+                added = self._well_formed(list(run))  # type: ignore[arg-type]
                 space = self._spaces.get(namespace)
-                if space is None:
+                if space is None and added:
                     space = self._spaces[namespace] = NamespaceIndex(self.params)
-                space.add(list(run))  # type: ignore[arg-type]
+                if space is not None:
+                    space.add(added)
             elif kind is Removed:
                 space = self._spaces.get(namespace)
                 if space is not None:
@@ -144,12 +146,21 @@ class FaissIndex:
             elif kind is Cleared:
                 self._spaces = {}
 
+    def _well_formed(self, entries: Iterable[Added]) -> list[Added]:
+        """Vectors of this index's dimension; others (a replica set up with another
+        CACHE_DIM wrote them) are logged and left out rather than break the batch."""
+        size = 4 * self.params.dim
+        good = [e for e in entries if len(e.vector) == size]
+        if isinstance(entries, list) and len(good) != len(entries):
+            log.warning("vectors_skipped", count=len(entries) - len(good), expected_bytes=size)
+        return good
+
     async def load(self, batches: AsyncIterator[list[Added]], now: float) -> int:
         """Replace the whole index with these entries (start, or a resync)."""
         started = time.monotonic()
         columns: dict[str, tuple[list[str], list[np.ndarray], list[np.ndarray]]] = {}
         async for batch in batches:
-            live = [e for e in batch if e.expires_at > now]
+            live = [e for e in self._well_formed(batch) if e.expires_at > now]
             for namespace, group in itertools.groupby(
                 sorted(live, key=lambda e: e.namespace), key=lambda e: e.namespace
             ):
@@ -158,13 +169,20 @@ class FaissIndex:
                 ids.extend(e.entry_id for e in entries)
                 vectors.append(np.frombuffer(b"".join(e.vector for e in entries), dtype=np.float32))
                 expires.append(np.fromiter((e.expires_at for e in entries), np.float64))
+        scanned = time.monotonic()
         loop = asyncio.get_running_loop()
         spaces = await loop.run_in_executor(self._builder, self._build_all, columns)
         total = sum(space.stats().vectors for space in spaces.values())
         self._spaces = spaces
         seconds = time.monotonic() - started
         self._on_rebuild("load", seconds)
-        log.info("index_loaded", vectors=total, namespaces=len(spaces), seconds=round(seconds, 3))
+        log.info(
+            "index_loaded",
+            vectors=total,
+            namespaces=len(spaces),
+            seconds=round(seconds, 3),
+            scan_seconds=round(scanned - started, 3),
+        )
         return total
 
     def _build_all(
@@ -206,18 +224,18 @@ class FaissIndex:
         """Start one rebuild if a namespace needs one and none is running."""
         if self._rebuild is not None and not self._rebuild.done():
             return
-        for namespace, space in list(self._spaces.items()):
+        for space in list(self._spaces.values()):
             reason = space.rebuild_reason()
             if reason is not None:
-                self._rebuild = asyncio.create_task(self._rebuild_one(namespace, space, reason))
+                self._rebuild = asyncio.create_task(self._rebuild_one(space, reason, now))
                 return
 
-    async def _rebuild_one(self, namespace: str, space: NamespaceIndex, reason: str) -> None:
+    async def _rebuild_one(self, space: NamespaceIndex, reason: str, now: float) -> None:
         before = space.stats()
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._builder, space.rebuild, time.time())
+            await loop.run_in_executor(self._builder, space.rebuild, now)
         except (RuntimeError, MemoryError) as exc:  # faiss raises RuntimeError
             log.error("index_rebuild_failed", namespace_vectors=before.vectors, error=str(exc))
             return

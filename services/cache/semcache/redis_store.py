@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from llmgw_common.logs import get_logger
 from semcache import redis_scripts
 from semcache.errors import CacheError, ResyncNeeded, StoreUnavailable
 from semcache.model import (
@@ -41,6 +42,8 @@ from semcache.model import (
     key_digest,
 )
 from semcache.store import ChangeBatch, Checkpoint
+
+log = get_logger(__name__)
 
 _FIELDS = ("ns", "key", "prompt", "resp", "created", "exp", "up")
 _SCAN_COUNT = 1000
@@ -81,6 +84,15 @@ def _entry(entry_id: str, fields: Sequence[Any]) -> Entry:
 
 
 def _change(fields: dict[bytes, bytes]) -> Change | None:
+    """The change a stream message describes; None (logged) if it is not one."""
+    try:
+        return _parse_change(fields)
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        log.warning("stream_message_skipped", error=repr(exc), op=repr(fields.get(b"op")))
+        return None
+
+
+def _parse_change(fields: dict[bytes, bytes]) -> Change | None:
     op = fields.get(b"op")
     if op == b"add":
         return Added(
