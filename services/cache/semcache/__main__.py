@@ -6,6 +6,8 @@ With no ``CACHE_REDIS_URL`` it runs on the embedded in-process store.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 
 from llmgw_common.grpc_server import start_metrics_server
 from llmgw_common.logs import configure_logging, get_logger
@@ -32,6 +34,11 @@ def main() -> None:
         dim=settings.dim,
     )
     asyncio.run(serve(settings))
+    # Drained, stopped and (embedded store) snapshotted. A FAISS build still running
+    # in a worker thread cannot be interrupted, and Python would wait for it at exit
+    # (a minute at 1M vectors): leave now instead.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
