@@ -40,6 +40,7 @@ from gateway.proxy.upstream import Upstream
 from gateway.responses import RawResponse
 from gateway.serving import Completions
 from gateway.settings import GatewaySettings
+from gateway.tracing import Tracing
 from llmgw_common.logs import get_logger
 
 log = get_logger("gateway")
@@ -73,7 +74,7 @@ class Sidecars:
         self.embedder: EmbedderClient | None = None
         self.cache: CacheClient | None = None
 
-    def open(self, settings: GatewaySettings, metrics: GatewayMetrics) -> None:
+    def open(self, settings: GatewaySettings, metrics: GatewayMetrics, tracing: Tracing) -> None:
         def sidecar(name: str, target: str) -> Sidecar:
             return Sidecar(
                 name,
@@ -81,6 +82,7 @@ class Sidecars:
                 metrics,
                 failures=settings.sidecar_breaker_failures,
                 open_s=settings.sidecar_breaker_open_s,
+                propagate=tracing.enabled,
             )
 
         if settings.embedder_target:
@@ -105,13 +107,15 @@ def create_app(
     *,
     pool: Pool | None = None,
     registry: CollectorRegistry | None = None,
+    tracing: Tracing | None = None,
 ) -> HotPaths:
     registry = registry if registry is not None else CollectorRegistry()
     metrics = GatewayMetrics(registry)
     pool = pool if pool is not None else Pool(pool_config(settings))
     upstream = Upstream(settings, pool, metrics)
-    proxy = Proxy(upstream, metrics, log_requests=settings.log_requests)
-    completions = Completions(settings, proxy)
+    tracing = tracing or Tracing.from_settings(settings.otlp_endpoint, settings.trace_sample_ratio)
+    proxy = Proxy(upstream, metrics, log_requests=settings.log_requests, tracing=tracing)
+    completions = Completions(settings, proxy, tracing)
     sidecars = Sidecars()
     gate = Gate(settings, metrics)
     targets = [parse_target(b.url, b.models) for b in settings.all_backends()]
@@ -119,7 +123,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upstream.start()
-        sidecars.open(settings, metrics)
+        sidecars.open(settings, metrics, tracing)
         if sidecars.cache is not None:
             completions.attach_cache(
                 CacheLayer(settings, metrics, sidecars.cache, sidecars.embedder)
@@ -154,6 +158,7 @@ def create_app(
             await gate.close()
             await sidecars.close()
             await upstream.close()
+            tracing.shutdown()
 
     app = FastAPI(
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -162,7 +167,7 @@ def create_app(
         lifespan=lifespan,
         description="OpenAI-compatible LLM inference gateway",
     )
-    router, hot = completions_routes(settings, completions, gate)
+    router, hot = completions_routes(settings, completions, gate, tracing)
     app.include_router(router)
     app.include_router(embeddings_router(settings, lambda: sidecars.embedder, gate))
     app.include_router(admin_router(settings, lambda: sidecars.cache, gate))

@@ -24,12 +24,14 @@ from gateway.proxy.handler import OnSuccess, Proxy
 from gateway.proxy.stream import STREAM_HEADERS
 from gateway.responses import RawResponse
 from gateway.settings import GatewaySettings
+from gateway.tracing import Tracing
 
 
 class Completions:
-    def __init__(self, settings: GatewaySettings, proxy: Proxy) -> None:
+    def __init__(self, settings: GatewaySettings, proxy: Proxy, tracing: Tracing) -> None:
         self._settings = settings
         self._proxy = proxy
+        self._tracing = tracing
         self._cache: CacheLayer | None = None
 
     def attach_cache(self, cache: CacheLayer | None) -> None:
@@ -58,7 +60,10 @@ class Completions:
             key, kind = chat_key(tenant, req), stored.CHAT
         else:
             key, kind = completion_key(tenant, req), stored.COMPLETION
-        found = await self._cache.lookup(key, call.request_id) if decision.lookup else None
+        found = None
+        if decision.lookup:
+            with self._tracing.child("cache.lookup", call.trace):
+                found = await self._cache.lookup(key, call.request_id)
         if found is not None and found.outcome != MISS:
             return self._replay(call, req, found)
         call.cache = MISS

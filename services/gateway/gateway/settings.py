@@ -51,6 +51,8 @@ class GatewaySettings(BaseSettings):
     log_level: str = "info"
     log_requests: bool = Field(True, description="one JSON log line per request")
     log_prompts: bool = Field(False, description="include prompt and completion text in logs")
+    otlp_endpoint: str = Field("", description="OTLP/HTTP traces URL; empty: tracing off")
+    trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="of new traces")
 
     # Backends
     backends: tuple[BackendConfig, ...] = ()

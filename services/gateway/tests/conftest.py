@@ -57,8 +57,10 @@ async def make_backend(serve_app: Callable[[web.Application], Awaitable[str]]) -
 async def make_gateway() -> AsyncIterator[MakeGateway]:
     stack = contextlib.AsyncExitStack()
 
-    async def make(backends: list[dict[str, Any]], **settings: Any) -> httpx.AsyncClient:
-        app = create_app(GatewaySettings(backends=backends, **settings))
+    async def make(
+        backends: list[dict[str, Any]], tracing: Any = None, **settings: Any
+    ) -> httpx.AsyncClient:
+        app = create_app(GatewaySettings(backends=backends, **settings), tracing=tracing)
         await stack.enter_async_context(app.router.lifespan_context(app))
         transport = httpx.ASGITransport(app=app)
         client = httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30)

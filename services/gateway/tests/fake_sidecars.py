@@ -28,9 +28,11 @@ class Faults:
     delay_s: float = 0.0
     fail: bool = False
     calls: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
 
     async def apply(self, context: grpc.aio.ServicerContext) -> None:
         self.calls += 1
+        self.metadata = {k: str(v) for k, v in context.invocation_metadata() or ()}
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.fail:

@@ -16,6 +16,7 @@ from gateway.proxy.call import Call, forwardable_headers
 from gateway.serving import Completions
 from gateway.settings import GatewaySettings
 from gateway.tenancy import Tenant
+from gateway.tracing import Tracing
 
 ERRORS: dict[int | str, dict[str, object]] = {
     400: {"description": "Malformed JSON or an invalid field (OpenAI error object)"},
@@ -36,7 +37,7 @@ def openapi_body(model: type) -> dict[str, object]:
 
 
 def completions_routes(
-    settings: GatewaySettings, completions: Completions, gate: Gate
+    settings: GatewaySettings, completions: Completions, gate: Gate, tracing: Tracing
 ) -> tuple[APIRouter, dict[str, Handler]]:
     """The router (for the OpenAPI document and as a fallback) and the hot handlers."""
     router = APIRouter()
@@ -74,6 +75,18 @@ def completions_routes(
         )
         if settings.log_prompts:
             call.prompt = prompt_text(req)
+        if tracing.enabled:
+            call.span, call.trace = tracing.start_request(
+                f"POST {route}",
+                call.headers,
+                {
+                    "llm.model": req.model,
+                    "llm.stream": req.stream,
+                    "tenant": tenant.name,
+                    "request_id": rid,
+                },
+            )
+            tracing.inject(call.trace, call.headers)  # traceparent to the model server
         return await completions.serve(
             call,
             req,

@@ -21,6 +21,7 @@ import grpc
 from gateway.balance.breaker import BreakerConfig, CircuitBreaker
 from gateway.errors import DependencyUnavailable, InvalidRequest
 from gateway.metrics import GatewayMetrics
+from gateway.tracing import current_trace_headers
 
 Reply = TypeVar("Reply")
 
@@ -53,8 +54,10 @@ class Sidecar:
         *,
         failures: int = 5,
         open_s: float = 2.0,
+        propagate: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._propagate = propagate
         self.name = name
         self.target = target
         self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -84,9 +87,11 @@ class Sidecar:
             self._metrics.sidecar_errors.labels(self.name, "breaker_open").inc()
             raise SidecarUnavailable(f"{self.name} is temporarily skipped after failures")
         self._breaker.admit(now)
-        metadata = (("x-request-id", request_id),) if request_id else None
+        metadata = [("x-request-id", request_id)] if request_id else []
+        if self._propagate:  # tracing on: the current span travels in the metadata
+            metadata.extend(current_trace_headers().items())
         try:
-            reply = await method(request, timeout=deadline_s, metadata=metadata)
+            reply = await method(request, timeout=deadline_s, metadata=metadata or None)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             self._metrics.sidecar_errors.labels(self.name, code.name.lower()).inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 # Request headers never forwarded to a backend: hop-by-hop ones, those the
 # upstream client sets itself, and credentials meant for the gateway.
@@ -61,5 +62,8 @@ class Call:
     tokens_out: int = 0
     tokens_in: int = 0
     outcome: str = ""
+    span: Any = None  # tracing: the request's root span and its context (None: off)
+    trace: Any = None
+    upstream_span: Any = None
     prompt: str | None = None  # only when GATEWAY_LOG_PROMPTS is on
     completion: str | None = None

@@ -21,6 +21,7 @@ from gateway.proxy.sse import StreamWatch
 from gateway.proxy.stream import StreamResponse
 from gateway.proxy.upstream import Upstream
 from gateway.responses import RawResponse
+from gateway.tracing import Tracing
 from llmgw_common.logs import get_logger
 
 log = get_logger("gateway.request")
@@ -30,7 +31,15 @@ OnSuccess = Callable[[Call, bytes], None]
 
 
 class Proxy:
-    def __init__(self, upstream: Upstream, metrics: GatewayMetrics, *, log_requests: bool) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        metrics: GatewayMetrics,
+        *,
+        log_requests: bool,
+        tracing: Tracing | None = None,
+    ) -> None:
+        self._tracing = tracing or Tracing(None)
         self._upstream = upstream
         self._metrics = metrics
         self._log_requests = log_requests
@@ -44,6 +53,7 @@ class Proxy:
         on_success: OnSuccess | None = None,
     ) -> StreamResponse | RawResponse:
         self._metrics.in_flight.inc()
+        call.upstream_span = self._tracing.start_child("upstream", call.trace, model=call.model)
         try:
             opened = await self._upstream.open(call)
         except GatewayError as exc:
@@ -118,6 +128,9 @@ class Proxy:
             m.tokens.labels(call.model, "out").inc(call.tokens_out)
         if call.tokens_in:
             m.tokens.labels(call.model, "in").inc(call.tokens_in)
+        if call.span is not None:
+            Tracing.end(call.upstream_span, status, endpoint=call.endpoint, attempts=call.attempts)
+            Tracing.end(call.span, status, cache=call.cache, outcome=call.outcome)
         if self._log_requests:
             log.info(
                 "request_done",
