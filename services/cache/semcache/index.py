@@ -159,8 +159,13 @@ class FaissIndex:
         """Replace the whole index with these entries (start, or a resync)."""
         started = time.monotonic()
         columns: dict[str, tuple[list[str], list[np.ndarray], list[np.ndarray]]] = {}
+        seen: set[str] = set()  # a scan may return an entry twice (ZSCAN during a rehash)
         async for batch in batches:
-            live = [e for e in self._well_formed(batch) if e.expires_at > now]
+            live = []
+            for e in self._well_formed(batch):
+                if e.expires_at > now and e.entry_id not in seen:
+                    seen.add(e.entry_id)
+                    live.append(e)
             for namespace, group in itertools.groupby(
                 sorted(live, key=lambda e: e.namespace), key=lambda e: e.namespace
             ):

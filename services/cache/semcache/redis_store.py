@@ -270,9 +270,11 @@ class RedisStore:
                     keys=self._keys(), args=self._args(_DROP_BATCH)
                 )
                 removed += int(count)
+            # Left over: namespace sets, and pointers whose entry expired first.
             for pattern in ("n:*", "x:*"):
-                async for key in self._redis.scan_iter(self._prefix + pattern, count=1000):
-                    await self._redis.unlink(key)
+                keys = [k async for k in self._bulk.scan_iter(self._prefix + pattern, count=1000)]
+                for start in range(0, len(keys), _DROP_BATCH):
+                    await self._redis.unlink(*keys[start : start + _DROP_BATCH])
             await self._redis.xadd(
                 self._stream, {"op": "clear"}, maxlen=self._maxlen, approximate=True
             )

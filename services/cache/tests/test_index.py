@@ -81,3 +81,13 @@ async def test_maintenance_moves_a_large_namespace_to_ivf(index: FaissIndex) -> 
 
     assert index.stats().kind == "ivf" and index.stats().size == 300
     assert await ids(index, "ns", 123) == ["e123"]
+
+
+async def test_an_entry_scanned_twice_is_indexed_once(index: FaissIndex) -> None:
+    async def batches() -> AsyncIterator[list[Added]]:
+        yield [add(1), add(2)]
+        yield [add(1)]
+
+    assert await index.load(batches(), NOW) == 2
+    await index.apply([Removed("e1", "ns")])
+    assert await ids(index, "ns", 1) == []
