@@ -109,3 +109,19 @@ def test_gateway_answers_every_route_in_openai_shape(stack: object) -> None:
     assert reply.json()["error"]["type"] == "invalid_request_error"
     assert httpx.get(f"{gw}/readyz").status_code == 200
     assert "gateway_requests_total" in httpx.get(f"{gw}/metrics").text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_leaving_before_the_first_byte_frees_the_backend(
+    stack: object, stream: bool
+) -> None:
+    _, mock = stack.mock(output_tokens=8, ttft_ms=5000, inter_token_ms=1)  # type: ignore[attr-defined]
+    _, gw = stack.gateway([mock])  # type: ignore[attr-defined]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gw}/v1/chat/completions", json=chat("slow", stream=stream), timeout=0.5)
+    deadline = time.monotonic() + 3
+    while running(mock) != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running(mock) == 0
+    metrics = httpx.get(f"{gw}/metrics").text
+    assert "gateway_in_flight_requests 0.0" in metrics

@@ -64,6 +64,9 @@ class GatewaySettings(BaseSettings):
     ttft_timeout_s: float = Field(60.0, gt=0, description="request sent -> first token")
     idle_timeout_s: float = Field(30.0, gt=0, description="longest gap between stream chunks")
     total_timeout_s: float = Field(600.0, gt=0)
+    unary_timeout_s: float = Field(
+        120.0, gt=0, description="a non-streamed attempt; past it, fail over (stream long outputs)"
+    )
 
     # Routing
     ewma_tau_s: float = Field(10.0, gt=0)

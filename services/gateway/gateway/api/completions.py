@@ -72,6 +72,7 @@ def completions_routes(
             body=body,
             headers=forwardable_headers(request.scope["headers"], rid),
             request_id=rid,
+            receive=request.receive,
         )
         if settings.log_prompts:
             call.prompt = prompt_text(req)

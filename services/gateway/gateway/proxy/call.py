@@ -62,6 +62,7 @@ class Call:
     tokens_out: int = 0
     tokens_in: int = 0
     outcome: str = ""
+    receive: Any = None  # the ASGI receive channel, to notice a client that leaves
     span: Any = None  # tracing: the request's root span and its context (None: off)
     trace: Any = None
     upstream_span: Any = None

@@ -7,8 +7,11 @@ non-streamed answer or an error before anything was sent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -19,7 +22,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.proxy.call import Call
 from gateway.proxy.sse import StreamWatch
 from gateway.proxy.stream import StreamResponse
-from gateway.proxy.upstream import Upstream
+from gateway.proxy.upstream import Opened, Upstream
 from gateway.responses import RawResponse
 from gateway.tracing import Tracing
 from llmgw_common.logs import get_logger
@@ -55,7 +58,11 @@ class Proxy:
         self._metrics.in_flight.inc()
         call.upstream_span = self._tracing.start_child("upstream", call.trace, model=call.model)
         try:
-            opened = await self._upstream.open(call)
+            opened = await self._open_unless_client_leaves(call)
+        except ClientGone:
+            self.finish(call, 499, Outcome.CANCELLED)
+            self._metrics.client_disconnects.inc()
+            return RawResponse(b"", 499, "text/plain")  # nobody is listening
         except GatewayError as exc:
             self.finish(call, exc.status, exc.code or exc.type)
             raise
@@ -96,6 +103,27 @@ class Proxy:
             keep_copy=on_success is not None or call.prompt is not None,
             observe_gap=self._gap,
         )
+
+    async def _open_unless_client_leaves(self, call: Call) -> Opened:
+        """Open upstream, but give up at once (and free the backend) if the client leaves.
+
+        Until the first byte the client only waits, so nothing else would notice
+        it going: a queued or long non-streamed request would run on for nobody.
+        """
+        if call.receive is None:
+            return await self._upstream.open(call)
+        opening = asyncio.ensure_future(self._upstream.open(call))
+        gone = asyncio.ensure_future(_disconnected(call.receive))
+        try:
+            await asyncio.wait((opening, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not opening.done():
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, GatewayError):
+                await opening
+            raise ClientGone
+        return opening.result()
 
     def answered_locally(self, call: Call, status: int) -> None:
         """Account for a call answered without an upstream (a cache hit)."""
@@ -150,6 +178,15 @@ class Proxy:
                 tokens_out=call.tokens_out,
                 **_texts(call),
             )
+
+
+class ClientGone(Exception):
+    """The client disconnected before the first byte of its answer."""
+
+
+async def _disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _texts(call: Call) -> dict[str, str]:

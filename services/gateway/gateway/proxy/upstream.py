@@ -67,7 +67,8 @@ class Upstream:
             sock_read=settings.idle_timeout_s,
         )
         self._unary_timeout = aiohttp.ClientTimeout(
-            total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s
+            total=min(settings.unary_timeout_s, settings.total_timeout_s),
+            sock_connect=settings.connect_timeout_s,
         )
 
     async def start(self) -> None:
