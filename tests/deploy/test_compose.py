@@ -2,20 +2,24 @@
 
 The file's structure (services, ports, start order by health), that every
 variable it sets is a setting the service really reads (and parses), that
-the addresses it wires together match the ports those settings open, and
-that its healthcheck commands pass or fail against the real servers.
+the addresses it wires together match the ports those settings open, that
+its healthcheck commands pass or fail against the real servers, and that the
+gateway it describes requires keys and accepts the example keys docs/deploy.md
+tells a user to curl with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import uvicorn
 import yaml
@@ -25,6 +29,7 @@ from pydantic_settings import BaseSettings
 from embedder.settings import EmbedderSettings
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from gateway.tenancy import FileKeyStore, hash_key
 from llmgw_common.grpc_server import GrpcServer
 from mockllm.app import create_app as create_mock
 from mockllm.settings import Settings as MockSettings
@@ -32,6 +37,9 @@ from semcache.settings import CacheSettings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
+DEPLOY_DOC = REPO / "docs/deploy.md"
+# The example keys docs/deploy.md publishes for curl against the stack.
+EXAMPLE_KEY = re.compile(r"sk-example-[a-z]+-NOT-SECRET-replace-me")
 
 SETTINGS: dict[str, type[BaseSettings]] = {
     "gateway": GatewaySettings,
@@ -91,7 +99,7 @@ def test_the_stack_has_every_service_on_its_port(compose: dict[str, Any]) -> Non
 def test_services_start_in_order_of_health(compose: dict[str, Any]) -> None:
     services = compose["services"]
     needs = {
-        "gateway": {"embedder", "cache", "mock-llm-1", "mock-llm-2"},
+        "gateway": {"redis", "embedder", "cache", "mock-llm-1", "mock-llm-2"},
         "cache": {"redis"},
         "grafana": {"prometheus"},
     }
@@ -211,6 +219,120 @@ def test_prometheus_scrapes_each_service_where_it_serves_metrics(
     assert targets["model-servers"] == {
         f"{name}:{metrics_port[name]}" for name in ("mock-llm-1", "mock-llm-2")
     }
+
+
+def test_gateway_shares_limits_through_the_caches_redis(
+    compose: dict[str, Any], settings_of: Callable[[str], Any]
+) -> None:
+    gateway, cache = settings_of("gateway"), settings_of("cache")
+    assert gateway.redis_url, "without Redis each replica enforces the whole limit on its own"
+    url, cache_url = urlsplit(gateway.redis_url), urlsplit(cache.redis_url)
+    assert (url.scheme, url.hostname, url.port, url.path) == (
+        cache_url.scheme,
+        cache_url.hostname,
+        cache_url.port,
+        cache_url.path,
+    ), "one Redis for both"
+    prefixes = (gateway.redis_prefix, cache.redis_prefix)
+    assert not prefixes[0].startswith(prefixes[1]) and not prefixes[1].startswith(prefixes[0])
+    replicas = compose["services"]["gateway"].get("deploy", {}).get("replicas", 1)
+    assert gateway.expected_replicas == replicas
+
+
+# --- authentication with the example keys -------------------------------------------
+
+
+def mounted_file(compose: dict[str, Any], service: str, target: Path) -> Path:
+    """The repository file a service sees at ``target``, mounted read-only."""
+    for volume in compose["services"][service].get("volumes", []):
+        source, dest, *mode = volume.split(":")
+        if Path(dest) == target:
+            assert mode == ["ro"], f"{service}: mount {dest} read-only"
+            return (DEPLOY / source).resolve()
+    raise AssertionError(f"{service}: nothing is mounted at {target}")
+
+
+def documented_keys() -> set[str]:
+    return set(EXAMPLE_KEY.findall(DEPLOY_DOC.read_text()))
+
+
+def test_auth_is_on_with_the_example_tenants_and_the_documented_keys(
+    compose: dict[str, Any], settings_of: Callable[[str], Any]
+) -> None:
+    gateway = settings_of("gateway")
+    assert gateway.auth_enabled is True
+    assert not gateway.admin_key, "the admin key goes in as its digest only"
+    path = mounted_file(compose, "gateway", gateway.api_keys_file)
+    assert path == DEPLOY / "tenants.example.yaml"
+    assert "REPLACE BEFORE ANY REAL USE" in path.read_text()
+    store = FileKeyStore(path)  # the file the gateway will load, as it loads it
+    keys = documented_keys()
+    digests = {hash_key(key): key for key in keys}
+    assert gateway.admin_key_sha256 in digests, "docs/deploy.md names the admin key"
+    tenants = {t.name: t for t in store.tenants}
+    found = {asyncio.run(store.lookup(digest)) for digest in digests}
+    names = {t.name for t in found if t is not None}
+    assert names == set(tenants), "every example tenant has a documented key"
+    assert any(t.requests_per_s for t in tenants.values()), "one example shows a rate limit"
+
+
+async def test_the_documented_curl_works_against_the_compose_gateway(
+    compose: dict[str, Any], settings_from_env: Callable[..., BaseSettings]
+) -> None:
+    """The compose gateway's settings, with the example tenants file from the
+    repository, in front of a real mock: the documented keys get answers, the
+    admin key reaches /admin, anything else is refused, and the rate-limited
+    example tenant gets 429 past its burst."""
+    env = env_of(compose, "gateway")
+    mock = TestServer(
+        create_mock(MockSettings(ttft_ms=1, inter_token_ms=0, output_tokens=2)),
+        host="127.0.0.1",
+        port=0,
+    )
+    await mock.start_server()
+    try:
+        env.update(
+            GATEWAY_API_KEYS_FILE=str(
+                mounted_file(compose, "gateway", Path(env["GATEWAY_API_KEYS_FILE"]))
+            ),
+            GATEWAY_BACKENDS=f'[{{"url": "http://127.0.0.1:{mock.port}", '
+            '"models": ["mock-llama-3-8b"]}]',
+            GATEWAY_REDIS_URL="",  # no redis here: the limits are decided in process
+            GATEWAY_EMBEDDER_TARGET="",
+            GATEWAY_CACHE_TARGET="",
+        )
+        settings = settings_from_env(GatewaySettings, env)
+        keys = {key.split("-")[2]: key for key in documented_keys()}
+        body = {"model": "mock-llama-3-8b", "messages": [{"role": "user", "content": "Say hello"}]}
+        app = create_app(settings)  # type: ignore[arg-type]
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+
+                async def chat(key: str | None) -> httpx.Response:
+                    headers = {"Authorization": f"Bearer {key}"} if key else {}
+                    return await client.post("/v1/chat/completions", json=body, headers=headers)
+
+                for tenant in ("acme", "bravo"):
+                    answer = await chat(keys[tenant])
+                    assert answer.status_code == 200, answer.text
+                assert (await chat(None)).status_code == 401
+                assert (await chat("sk-example-nobody-NOT-SECRET-replace-me")).status_code == 401
+                assert (await chat(keys["admin"])).status_code == 401, "admin is not a tenant"
+
+                async def stats(key: str) -> int:
+                    headers = {"Authorization": f"Bearer {key}"}
+                    return (await client.get("/admin/cache/stats", headers=headers)).status_code
+
+                assert await stats(keys["acme"]) == 403
+                assert await stats(keys["admin"]) == 503, "admitted; no cache service here"
+
+                statuses = [(await chat(keys["acme"])).status_code for _ in range(15)]
+                assert 429 in statuses, "example-acme: 5 requests per second, burst 10"
+                assert set(statuses) == {200, 429}
+                assert (await chat(keys["bravo"])).status_code == 200, "tenants are apart"
+    finally:
+        await mock.close()
 
 
 # --- healthchecks, run against the real servers --------------------------------------

@@ -6,11 +6,13 @@ someone running it: our pods run non-root on a read-only root, probes use
 gRPC health for the sidecars, the ConfigMaps hold only variables the services
 read, the gateway's targets name headless Services on the right ports, and
 the NetworkPolicies let only the gateway reach the sidecars and only the
-cache reach Redis.
+cache and the gateway reach Redis, and the gateway's keys come from a Secret
+mounted read-only, with the same example keys as compose in dev only.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,14 +20,17 @@ from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
+import yaml
 from pydantic_settings import BaseSettings
 
 from embedder.settings import EmbedderSettings
 from gateway.settings import GatewaySettings
+from gateway.tenancy.keys import TenantsFileError, parse_tenants
 from mockllm.settings import Settings as MockSettings
 from semcache.settings import CacheSettings
 
 REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy/k8s"
 OVERLAYS = sorted(p.name for p in (REPO / "deploy/k8s/overlays").iterdir() if p.is_dir())
 # The oldest Kubernetes the manifests claim (preStop sleep, gRPC probes) and the newest schema.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -61,6 +66,24 @@ def container_env(docs: Docs, name: str) -> dict[str, str]:
             env.update(maps[source["configMapRef"]["name"]]["data"])
     env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
     return env
+
+
+def secret_env(docs: Docs, name: str) -> dict[str, dict[str, Any]]:
+    """The variables a workload's container takes from Secret keys (``secretKeyRef``)."""
+    (container,) = pod_spec(workloads(docs)[name])["containers"]
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+def secret_named(docs: Docs, name: str) -> dict[str, Any] | None:
+    """A Secret the overlay creates under ``name`` (a generated one has a hash suffix)."""
+    secrets = of_kind(docs, "Secret").items()
+    found = [s for n, s in secrets if name in (n, n.rsplit("-", 1)[0])]
+    assert len(found) <= 1
+    return found[0] if found else None
 
 
 def service_for(docs: Docs, host: str, port: int) -> dict[str, Any]:
@@ -198,15 +221,59 @@ def test_configmaps_hold_only_settings_the_services_read(
         assert settings.host == "0.0.0.0", name  # type: ignore[attr-defined]
 
 
-def test_gateway_secrets_come_from_an_optional_secret_never_a_configmap(overlay: Docs) -> None:
+def test_gateway_requires_keys_from_a_secret_never_a_configmap(
+    overlay: Docs, settings_from_env: Callable[..., BaseSettings]
+) -> None:
+    gateway = settings_from_env(GatewaySettings, container_env(overlay, "gateway"))
+    assert gateway.auth_enabled is True  # type: ignore[attr-defined]
     (container,) = pod_spec(workloads(overlay)["gateway"])["containers"]
-    secrets = [s["secretRef"] for s in container["envFrom"] if "secretRef" in s]
-    assert secrets == [{"name": "gateway-secrets", "optional": True}]
-    secret_fields = {f for f in GatewaySettings.model_fields if f.endswith("key")}
-    assert secret_fields, "the gateway has a secret setting (admin_key)"
+    optional = [s["secretRef"] for s in container["envFrom"] if "secretRef" in s]
+    assert optional == [{"name": "gateway-secrets", "optional": True}]
+
+    # The tenants file: a key of the Secret, in a read-only mount, not optional.
+    keys_file = Path(gateway.api_keys_file)  # type: ignore[attr-defined]
+    (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == keys_file.parent]
+    assert mount["readOnly"] is True
+    volumes = {v["name"]: v for v in pod_spec(workloads(overlay)["gateway"])["volumes"]}
+    secret = volumes[mount["name"]]["secret"]
+    assert not secret.get("optional"), "no tenants: the pod waits rather than serving"
+    assert secret["secretName"].startswith("gateway-auth")
+    assert {i["path"]: i["key"] for i in secret["items"]} == {keys_file.name: "tenants.yaml"}
+    assert secret["defaultMode"] & 0o007 == 0, "not readable by others"
+
+    # The admin key: its digest, from the same Secret.
+    admin = secret_env(overlay, "gateway")["GATEWAY_ADMIN_KEY_SHA256"]
+    assert admin["name"] == secret["secretName"] and admin["key"] == "admin-key-sha256"
+
+    secret_vars = {"GATEWAY_ADMIN_KEY", "GATEWAY_ADMIN_KEY_SHA256"}
     for config in of_kind(overlay, "ConfigMap").values():
-        for field in secret_fields:
-            assert f"GATEWAY_{field.upper()}" not in config.get("data", {})
+        assert not secret_vars & set(config.get("data", {})), config["metadata"]["name"]
+
+
+def test_only_dev_carries_the_example_keys_and_they_are_composes(
+    rendered: dict[str, Docs], compose: dict[str, Any]
+) -> None:
+    """dev: the Secret is generated from a copy of compose's example tenants and
+    admin digest. prod: no Secret at all, so applying never overwrites yours."""
+    secret = secret_named(rendered["dev"], "gateway-auth")
+    assert secret is not None
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    example = (REPO / "deploy/tenants.example.yaml").read_text()
+    assert data["tenants.yaml"] == example
+    assert (K8S / "overlays/dev/tenants.example.yaml").read_text() == example
+    admin = compose["services"]["gateway"]["environment"]["GATEWAY_ADMIN_KEY_SHA256"]
+    assert data["admin-key-sha256"] == admin
+    parse_tenants(yaml.safe_load(data["tenants.yaml"]))  # the gateway would start
+    for name, docs in rendered.items():
+        if name != "dev":
+            assert secret_named(docs, "gateway-auth") is None, name
+
+
+def test_the_prod_template_stops_the_gateway_until_filled_in() -> None:
+    template = yaml.safe_load((K8S / "overlays/prod/tenants.template.yaml").read_text())
+    assert template["tenants"]
+    with pytest.raises(TenantsFileError, match="digests"):
+        parse_tenants(template)
 
 
 def test_configmaps_use_the_variable_names_compose_uses(
@@ -221,7 +288,8 @@ def test_configmaps_use_the_variable_names_compose_uses(
     docs = rendered["dev"]
     for k8s_name, compose_name in pairs.items():
         compose_vars = set(compose["services"][compose_name]["environment"])
-        assert compose_vars <= set(container_env(docs, k8s_name)), k8s_name
+        k8s_vars = set(container_env(docs, k8s_name)) | set(secret_env(docs, k8s_name))
+        assert compose_vars <= k8s_vars, k8s_name
 
 
 def test_ports_match_the_settings(
@@ -277,16 +345,34 @@ def test_gateway_balances_over_sidecar_pods_with_dns_targets(
     assert int(port) == sidecar_settings.port  # type: ignore[attr-defined]
 
 
-def test_cache_finds_redis(overlay: Docs, settings_from_env: Callable[..., BaseSettings]) -> None:
+def test_cache_and_gateway_share_one_redis(
+    overlay: Docs, settings_from_env: Callable[..., BaseSettings]
+) -> None:
+    cache = settings_from_env(CacheSettings, container_env(overlay, "cache"))
+    gateway = settings_from_env(GatewaySettings, container_env(overlay, "gateway"))
+    prefixes = (cache.redis_prefix, gateway.redis_prefix)  # type: ignore[attr-defined]
+    assert not prefixes[0].startswith(prefixes[1]) and not prefixes[1].startswith(prefixes[0])
     if "redis" not in workloads(overlay):
         (container,) = pod_spec(workloads(overlay)["cache"])["containers"]
         secrets = [s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s]
         assert secrets == ["cache-redis"], "a managed Redis URL comes from a Secret"
+        ref = secret_env(overlay, "gateway")["GATEWAY_REDIS_URL"]
+        assert ref == {"name": "cache-redis", "key": "CACHE_REDIS_URL"}, "the same URL, required"
         return
-    cache = settings_from_env(CacheSettings, container_env(overlay, "cache"))
-    url = urlsplit(cache.redis_url)  # type: ignore[attr-defined]
-    service = service_for(overlay, url.hostname or "", url.port or 6379)
+    assert "GATEWAY_REDIS_URL" not in secret_env(overlay, "gateway")
+    urls = [urlsplit(s.redis_url) for s in (cache, gateway)]  # type: ignore[attr-defined]
+    assert len({(u.scheme, u.hostname, u.port or 6379, u.path) for u in urls}) == 1
+    service = service_for(overlay, urls[0].hostname or "", urls[0].port or 6379)
     assert [w["metadata"]["name"] for w in pods_behind(overlay, service)] == ["redis"]
+
+
+def test_gateway_expects_the_hpas_minimum_of_replicas(
+    overlay: Docs, settings_from_env: Callable[..., BaseSettings]
+) -> None:
+    """Without Redis each pod enforces 1/expected of every tenant's limits."""
+    gateway = settings_from_env(GatewaySettings, container_env(overlay, "gateway"))
+    hpa = of_kind(overlay, "HorizontalPodAutoscaler")["gateway"]
+    assert gateway.expected_replicas == hpa["spec"]["minReplicas"]  # type: ignore[attr-defined]
 
 
 # --- scaling and disruption ----------------------------------------------------------
@@ -366,13 +452,16 @@ def test_only_the_gateway_reaches_the_sidecars(overlay: Docs) -> None:
     assert not admitted(overlay, None, "embedder", 50051, src_ns="default")
 
 
-def test_only_the_cache_reaches_redis(overlay: Docs) -> None:
+def test_only_the_cache_and_the_gateway_reach_redis(overlay: Docs) -> None:
     if "redis" not in workloads(overlay):  # managed Redis, outside the cluster
         assert "redis-ingress" not in of_kind(overlay, "NetworkPolicy")
         return
     assert admitted(overlay, "cache", "redis", 6379)
-    for src in [n for n in workloads(overlay) if n not in {"cache", "redis"}]:
+    assert admitted(overlay, "gateway", "redis", 6379)
+    for src in [n for n in workloads(overlay) if n not in {"cache", "gateway", "redis"}]:
         assert not admitted(overlay, src, "redis", 6379), src
+    assert not admitted(overlay, None, "redis", 6379, src_ns="default")
+    assert not admitted(overlay, None, "redis", 6379, src_ns="monitoring")
 
 
 def test_model_servers_take_requests_from_the_gateway_only(overlay: Docs) -> None:

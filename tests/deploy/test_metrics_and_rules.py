@@ -118,11 +118,17 @@ def test_alert_rules_are_valid() -> None:
     result = promtool("check", "rules", str(PROM / "alerts.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
     names = {rule["alert"] for rule in alert_rules()}
-    assert {"LlmgwBackendEjected", "LlmgwHighErrorRatio", "LlmgwCacheSidecarDown"} <= names
+    assert {
+        "LlmgwBackendEjected",
+        "LlmgwHighErrorRatio",
+        "LlmgwCacheSidecarDown",
+        "LlmgwLoadShedding",
+    } <= names
 
 
 def test_alerts_fire_on_the_failures_they_name() -> None:
-    """alerts_test.yml: ejection, error ratio, panic routing, cache down or absent."""
+    """alerts_test.yml: ejection, error ratio, panic routing, cache down or absent,
+    sustained load shedding (and not a burst of it, nor rate limiting)."""
     result = promtool("test", "rules", str(PROM / "alerts_test.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -244,5 +250,31 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
         "hit ratio by kind",
         "embedder throughput",
         "batch size",
+        "rate-limited / overloaded",
+        "cache lookup time",
+        "time saved",
+        "sidecar errors",
+        "tokens",
     ):
         assert topic in titles, topic
+
+
+def test_dashboard_shows_every_refusal_reason_and_the_admission_metrics(
+    service_metrics: dict[str, str],
+) -> None:
+    """The gateway's rejection counter by reason, its cache lookup histogram, time
+    saved, sidecar errors and tokens by direction each have a panel."""
+    used = {name for _, expr in dashboard_exprs() for name in metric_names(expr)}
+    for name in (
+        "gateway_rejected_requests_total",
+        "gateway_cache_lookups_total",
+        "gateway_cache_lookup_seconds_bucket",
+        "gateway_cache_stores_total",
+        "gateway_cache_time_saved_seconds_total",
+        "gateway_sidecar_errors_total",
+        "gateway_tokens_total",
+    ):
+        assert name in used, name
+        assert name in exported_names(service_metrics["gateway"]), name
+    exprs = [expr for _, expr in dashboard_exprs() if "gateway_rejected_requests_total" in expr]
+    assert any("by (reason)" in expr for expr in exprs), "rate-limited and overloaded apart"
