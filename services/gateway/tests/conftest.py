@@ -21,7 +21,7 @@ from fake_sidecars import FakeSidecars
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from gwkit import MakeBackend, MakeGateway
+from gwkit import FakeClock, MakeBackend, MakeGateway
 from mockllm.app import create_app as create_mock
 from mockllm.settings import Settings as MockSettings
 
@@ -76,3 +76,8 @@ async def sidecars() -> AsyncIterator[FakeSidecars]:
     await fakes.server.start()
     yield fakes
     await fakes.server.stop(0)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

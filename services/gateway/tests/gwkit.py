@@ -35,3 +35,16 @@ def content(body: str) -> str:
         for choice in orjson.loads(data).get("choices", []):
             text += (choice.get("delta") or {}).get("content") or choice.get("text") or ""
     return text
+
+
+class FakeClock:
+    """A clock the test moves by hand (for the pure algorithms: no sleeps)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

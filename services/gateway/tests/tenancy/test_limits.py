@@ -9,8 +9,7 @@ import pytest
 from gateway.errors import Overloaded, RateLimited
 from gateway.tenancy.limits import Limiter, LimitsConfig, Permit
 from gateway.tenancy.model import Tenant
-
-from .conftest import FakeClock
+from gwkit import FakeClock
 
 FREE = Tenant("free", None, None, None)
 
