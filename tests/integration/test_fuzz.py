@@ -1,0 +1,427 @@
+"""Hostile and generated input against the running gateway, judged by its own OpenAPI document.
+
+A real gateway (with the real embedder, the cache service on its embedded
+store and a mock model server behind it) is started once for the module.
+``schemathesis`` reads ``/openapi.json`` from it and sends, per operation, a
+bounded number of schema-valid and schema-invalid requests; each answer must
+
+- not be a server error (5xx),
+- have a status code, content type and body the document declares,
+- reject schema-invalid input (4xx),
+- and, whenever it is an error, be in the OpenAI shape
+  ``{"error": {"message", "type", "param", "code"}}`` (the document declares
+  no error bodies, so this check of ours carries that part).
+
+The check ``positive_data_acceptance`` (a schema-valid request must be
+accepted) is not run: the document gives field types, while the gateway also
+enforces deployment limits (``GATEWAY_MAX_TOKENS_LIMIT``, ``GATEWAY_MAX_MESSAGES``),
+the embedder refuses blank texts, and the backend its own rules (the mock serves
+``n == 1`` only); those 400s are right. Gaps in the document that the gateway
+must fix are tolerated in the fuzz run only where :func:`known_gap` names
+them, and each has a strict ``xfail`` test below that fails once it is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import Failure, FailureGroup
+from schemathesis.core.result import Ok
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from deploy.local.procs import PYTHON, Proc, free_port, grpc_serving, http_ok
+
+MODEL = "mock-llama-3-8b"
+EMBED_MODEL = "all-MiniLM-L6-v2"
+ADMIN_KEY = "fuzz-admin-key"
+MAX_BODY = 65536  # small, so that generated bodies can reach it
+MAX_HEADERS = 16384
+# Per operation and generation mode; the whole run takes well under a minute.
+EXAMPLES = 150
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+COMPLETION_ROUTES = {"POST /v1/chat/completions", "POST /v1/completions"}
+ADMIN_ROUTES = {"GET /admin/cache/stats", "POST /admin/cache/invalidate"}
+
+
+# -- the processes ------------------------------------------------------------
+
+
+def _start(procs: list[Proc], proc: Proc, ready: Any, timeout: float) -> None:
+    procs.append(proc.start())
+    proc.wait_until(ready, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    logs = tmp_path_factory.mktemp("fuzz-logs")
+    procs: list[Proc] = []
+    ports = {name: free_port() for name in ("embedder", "cache", "mock", "gateway")}
+
+    def proc(name: str, module: str, env: dict[str, str]) -> Proc:
+        return Proc(f"{name}-{ports[name]}", [PYTHON, "-m", module], env=env, log_dir=logs)
+
+    try:
+        embedder = proc("embedder", "embedder", {"EMBEDDER_PORT": str(ports["embedder"])})
+        embedder.env["EMBEDDER_METRICS_PORT"] = "0"
+        _start(procs, embedder, lambda: grpc_serving(ports["embedder"]), 300)
+        cache = proc("cache", "semcache", {"CACHE_PORT": str(ports["cache"])})
+        cache.env.update(CACHE_METRICS_PORT="0", CACHE_REDIS_URL="")
+        _start(procs, cache, lambda: grpc_serving(ports["cache"]), 120)
+        mock_env = {"MOCKLLM_PORT": str(ports["mock"]), "MOCKLLM_MODELS": MODEL}
+        mock_env.update(MOCKLLM_TTFT_MS="0", MOCKLLM_INTER_TOKEN_MS="0", MOCKLLM_OUTPUT_TOKENS="8")
+        mock_url = f"http://127.0.0.1:{ports['mock']}"
+        _start(procs, proc("mock", "mockllm", mock_env), lambda: http_ok(f"{mock_url}/health"), 30)
+        gateway_env = {
+            "GATEWAY_PORT": str(ports["gateway"]),
+            "GATEWAY_BACKENDS": json.dumps([{"url": mock_url, "models": [MODEL]}]),
+            "GATEWAY_EMBEDDER_TARGET": f"127.0.0.1:{ports['embedder']}",
+            "GATEWAY_CACHE_TARGET": f"127.0.0.1:{ports['cache']}",
+            "GATEWAY_ADMIN_KEY": ADMIN_KEY,
+            "GATEWAY_MAX_BODY_BYTES": str(MAX_BODY),
+            "GATEWAY_MAX_HEADER_BYTES": str(MAX_HEADERS),
+            "GATEWAY_LOG_REQUESTS": "false",
+        }
+        url = f"http://127.0.0.1:{ports['gateway']}"
+        _start(
+            procs, proc("gateway", "gateway", gateway_env), lambda: http_ok(f"{url}/healthz"), 30
+        )
+        probe = httpx.post(f"{url}/v1/embeddings", json={"model": EMBED_MODEL, "input": "hi"})
+        assert probe.status_code == 200, probe.text  # the steered embeddings cases need the name
+        yield url
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def served_document(gw: str) -> dict[str, Any]:
+    reply = httpx.get(f"{gw}/openapi.json", timeout=10)
+    assert reply.status_code == 200
+    return dict(reply.json())
+
+
+def hoist_defs(doc: dict[str, Any]) -> dict[str, Any]:
+    """Move request schemas' inline ``$defs`` to ``components/schemas``, where their refs point.
+
+    Without this the two completion routes have no usable body schema (see
+    ``test_the_openapi_document_resolves_every_reference``) and schemathesis
+    would send them no body at all. A no-op on a document without inline ``$defs``.
+    """
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            for media in content.values():
+                schemas.update(media.get("schema", {}).pop("$defs", {}))
+    return doc
+
+
+# -- the fuzz run -------------------------------------------------------------------------
+
+
+@dataclass
+class Findings:
+    failures: dict[tuple[str, str], str] = field(default_factory=dict)
+    tolerated: dict[tuple[str, str], str] = field(default_factory=dict)
+    statuses: dict[str, dict[int, int]] = field(default_factory=dict)
+
+    def add(self, label: str, title: str, detail: str, gap: str | None) -> None:
+        target = self.tolerated if gap else self.failures
+        target.setdefault((label, title), gap or detail)
+
+    def count(self, label: str, status: int) -> None:
+        seen = self.statuses.setdefault(label, {})
+        seen[status] = seen.get(status, 0) + 1
+
+
+def known_gap(label: str, title: str, kind: str, case: Any) -> str | None:
+    """Why a failure is a known gap of the gateway (with its xfail test), else None."""
+    if title in ("Server error", "Undocumented status code") and _has_huge_int(case.body):
+        return "500 on an integer beyond 64 bits (xfail: ..._beyond_64_bits_...)"
+    if title == "Undocumented Content-Type":
+        if label in COMPLETION_ROUTES and kind.startswith("text/event-stream"):
+            return "streamed answers are not documented (xfail: ..._content_types)"
+        if label == "GET /metrics" and kind.startswith("text/plain"):
+            return "/metrics is documented as JSON (xfail: ..._content_types)"
+    if label in ADMIN_ROUTES and title == "Undocumented status code":
+        return "admin routes document only 200 (xfail: ..._admin_routes)"
+    return None
+
+
+def _has_huge_int(node: Any) -> bool:
+    if isinstance(node, dict):
+        return any(_has_huge_int(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_huge_int(v) for v in node)
+    return isinstance(node, int) and not -(2**63) <= node < 2**64
+
+
+def openai_error_problem(reply: Any) -> str | None:
+    """What is wrong with an error answer's shape, or None."""
+    if reply.status_code < 400:
+        return None
+    try:
+        error = json.loads(reply.content)["error"]
+    except (ValueError, KeyError, TypeError):
+        return "not an OpenAI error object"
+    if not (isinstance(error, dict) and {"message", "type", "param", "code"} <= error.keys()):
+        return "error object lacks message/type/param/code"
+    if not (isinstance(error["message"], str) and error["message"]):
+        return "error message is empty"
+    if not isinstance(error["type"], str):
+        return "error type is not a string"
+    return None
+
+
+def steer(label: str, case: Any, n: int) -> dict[str, str] | None:
+    """Send every other positive case the served model name, and the admin key to admin routes.
+
+    Random model names stop at 404 before the cache, the proxy and the
+    embedder; random keys stop at 401. Half of the cases go further.
+    """
+    if n % 2:
+        return None
+    if label in ADMIN_ROUTES:
+        return {"Authorization": f"Bearer {ADMIN_KEY}"}
+    if isinstance(case.body, dict) and "model" in case.body:
+        case.body["model"] = EMBED_MODEL if label == "POST /v1/embeddings" else MODEL
+    return None
+
+
+def fuzz(gw: str, operation: Any, mode: GenerationMode, findings: Findings) -> None:
+    label = operation.label
+    counter = iter(range(10**6))
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,  # no wall-clock judgement; each call has a client timeout
+        database=None,  # nothing written to the work tree
+        derandomize=True,  # the same inputs on every CI run
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    def one(case: Any) -> None:
+        headers = steer(label, case, next(counter)) if mode == GenerationMode.POSITIVE else None
+        reply = case.call(base_url=gw, headers=headers, timeout=15)
+        findings.count(label, reply.status_code)
+        detail = f"{reply.status_code} {reply.text[:300]!r} for {case.as_curl_command()[:600]}"
+        problem = openai_error_problem(reply)
+        if problem:
+            findings.add(label, f"OpenAI error shape: {problem}", detail, None)
+        try:
+            case.validate_response(reply, checks=CHECKS, headers=headers)
+        except (Failure, FailureGroup) as exc:
+            for failure in getattr(exc, "exceptions", [exc]):
+                title = getattr(failure, "title", type(failure).__name__)
+                kind = reply.headers.get("content-type", [""])[0]
+                gap = known_gap(label, title, kind, case)
+                findings.add(label, title, detail, gap)
+
+    one()
+
+
+def test_fuzzing_the_documented_api_finds_no_server_error_and_no_undocumented_answer(
+    gw: str,
+) -> None:
+    schema = schemathesis.openapi.from_dict(hoist_defs(served_document(gw)))
+    findings = Findings()
+    operations = []
+    for result in schema.get_all_operations():
+        # An operation schemathesis cannot read is a finding, not something to skip.
+        assert isinstance(result, Ok), result.err()
+        operations.append(result.ok())
+    for operation in operations:
+        fuzz(gw, operation, GenerationMode.POSITIVE, findings)
+        # Negative cases need something to make invalid: the GET routes take
+        # no parameters, so hypothesis could not generate one (Unsatisfiable).
+        if operation.body or operation.query or operation.headers:
+            fuzz(gw, operation, GenerationMode.NEGATIVE, findings)
+    labels = {op.label for op in operations}
+    assert COMPLETION_ROUTES | {"POST /v1/embeddings"} <= labels
+    # The steering reached the real path: some answers of every POST route were 200.
+    for label in COMPLETION_ROUTES | {"POST /v1/embeddings"}:
+        assert findings.statuses[label].get(200, 0) > 0, findings.statuses[label]
+    report = "\n".join(
+        f"{lab}: {title}: {detail}" for (lab, title), detail in findings.failures.items()
+    )
+    assert not findings.failures, f"{len(findings.failures)} distinct findings:\n{report}"
+
+
+# -- hand-made hostile input through real uvicorn -------------------------------------------------
+
+
+def _chat(**extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def _chunks(total: int) -> Iterator[bytes]:
+    for _ in range(total // 16384):
+        yield b" " * 16384
+
+
+POST_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+HOSTILE: list[tuple[str, dict[str, Any], int]] = [
+    ("body over the limit (declared)", {"content": b"{" + b" " * MAX_BODY + b"}"}, 413),
+    ("body over the limit (chunked, no length)", {"content": "chunks"}, 413),
+    ("not JSON", {"content": b"{"}, 400),
+    ("not UTF-8", {"content": b'{"model": "\xff\xfe"}'}, 400),
+    ("a lone surrogate", {"content": b'{"model": "\\ud800"}'}, 400),
+    ("nested 30000 deep", {"content": b"[" * 30_000 + b"]" * 30_000}, 400),
+    ("a JSON array", {"content": b"[]"}, 400),
+    ("an integer of 5000 digits", {"content": b'{"seed": 1' + b"0" * 5000 + b"}"}, 400),
+    ("NaN", {"content": b'{"model": "m", "temperature": NaN}'}, 400),
+]
+LIMITS: list[tuple[str, dict[str, Any], int]] = [
+    ("513 messages", _chat(messages=[{"role": "user", "content": "x"}] * 513), 400),
+    ("max_tokens over the limit", _chat(max_tokens=32769), 400),
+    ("max_completion_tokens over the limit", _chat(max_completion_tokens=32769), 400),
+    ("an unknown model", _chat(model="no-such-model"), 404),
+    ("n out of range", _chat(n=17), 400),
+    ("a role that does not exist", _chat(messages=[{"role": "robot", "content": "x"}]), 400),
+    ("no messages", _chat(messages=[]), 400),
+]
+
+
+def test_hostile_bodies_and_limits_get_the_right_status_in_the_openai_shape(gw: str) -> None:
+    problems: list[str] = []
+
+    def judge(what: str, reply: httpx.Response, status: int) -> None:
+        shape = openai_error_problem(reply)
+        if reply.status_code != status or shape:
+            problems.append(f"{what}: {reply.status_code} ({shape}) {reply.text[:200]!r}")
+
+    with httpx.Client(base_url=gw, timeout=30) as client:
+        for route in POST_ROUTES:
+            for what, kwargs, status in HOSTILE:
+                sent = dict(kwargs)
+                if sent["content"] == "chunks":
+                    sent["content"] = _chunks(3 * MAX_BODY)
+                judge(f"{route} {what}", client.post(route, **sent), status)
+        for what, body, status in LIMITS:
+            judge(what, client.post("/v1/chat/completions", json=body), status)
+        judge("GET on a POST route", client.get("/v1/chat/completions"), 405)
+        judge("an unknown path", client.get("/v1/nothing-here"), 404)
+        big = {"X-Padding": "a" * (MAX_HEADERS + 1)}
+        for route in ("/v1/chat/completions", "/v1/completions"):
+            judge(
+                f"{route} headers over the limit",
+                client.post(route, json=_chat(), headers=big),
+                431,
+            )
+    assert problems == [], "\n".join(problems)
+
+
+# -- gaps in the gateway, each failing until it is fixed ----------------------------------------
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway: the request schemas of /v1/chat/completions and /v1/completions refer to "
+    "#/components/schemas/ChatMessage and StreamOptions, but the document has no components "
+    "(api/completions.py openapi_body inlines $defs while ref_template points to components); "
+    "OpenAPI tools cannot resolve them and schemathesis drops the body schema altogether",
+)
+def test_the_openapi_document_resolves_every_reference(gw: str) -> None:
+    doc = served_document(gw)
+    missing = []
+    for ref in set(_refs(doc)):
+        node: Any = doc
+        for part in ref.removeprefix("#/").split("/"):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            missing.append(ref)
+    assert missing == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway: the document declares application/json only, but a streamed completion "
+    "answers text/event-stream and /metrics answers Prometheus text/plain",
+)
+def test_the_openapi_document_declares_the_content_types_served(gw: str) -> None:
+    paths = served_document(gw)["paths"]
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        assert "text/event-stream" in paths[path]["post"]["responses"]["200"]["content"]
+    assert "text/plain" in paths["/metrics"]["get"]["responses"]["200"]["content"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway: the admin routes document only 200, but answer 401/403 (key), 400 and "
+    "413 (body) and 503 (no cache service); /admin/cache/invalidate reads a JSON body the "
+    "document does not declare, so no client or fuzzer can know its shape",
+)
+def test_the_openapi_document_describes_the_admin_routes(gw: str) -> None:
+    paths = served_document(gw)["paths"]
+    for path, method in (("/admin/cache/stats", "get"), ("/admin/cache/invalidate", "post")):
+        assert {"401", "403", "503"} <= paths[path][method]["responses"].keys()
+    invalidate = paths["/admin/cache/invalidate"]["post"]
+    assert {"400", "413"} <= invalidate["responses"].keys()
+    assert "application/json" in invalidate["requestBody"]["content"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway: /v1/embeddings and /admin/* never call check_headers, so headers over "
+    "GATEWAY_MAX_HEADER_BYTES are accepted there (431 only on the two completion routes)",
+)
+def test_every_post_route_refuses_headers_over_the_limit(gw: str) -> None:
+    big = {"X-Padding": "a" * (MAX_HEADERS + 1), "Authorization": f"Bearer {ADMIN_KEY}"}
+    for route, body in (
+        ("/v1/embeddings", {"model": EMBED_MODEL, "input": "hi"}),
+        ("/admin/cache/invalidate", {"all": True}),
+    ):
+        reply = httpx.post(f"{gw}{route}", json=body, headers=big, timeout=10)
+        assert reply.status_code == 431, (route, reply.status_code, reply.text[:200])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway: a cacheable request (temperature 0) with any integer beyond 64 bits (seed, "
+    "a token id in a prompt, an unknown field such as top_k) gets 500: cache/keys.py _digest "
+    "calls orjson.dumps, which raises TypeError 'Integer exceeds 64-bit range'",
+)
+def test_integers_beyond_64_bits_get_a_clean_answer_not_a_500(gw: str) -> None:
+    huge = 2**70
+    cases = [
+        ("/v1/chat/completions", _chat(temperature=0, seed=huge)),
+        ("/v1/chat/completions", _chat(temperature=0, top_k=huge)),
+        ("/v1/completions", {"model": MODEL, "temperature": 0, "prompt": [huge]}),
+    ]
+    for route, body in cases:
+        reply = httpx.post(f"{gw}{route}", json=body, timeout=10)
+        assert reply.status_code < 500, (route, body, reply.text[:200])
