@@ -1,11 +1,13 @@
 """Semantic cache matching quality on Quora question pairs, held-out half only.
 
-    python -m bench.cache_quality [--backend torch|onnx-int8] [--fit]
+    python -m bench.cache_quality [--backend onnx-int8|torch] [--audit N]
 
 A pair (query, cached question) is a hit when the rule accepts it; a hit on a
 pair labelled 0 is a wrong answer served. Pairs are split in two by a hash of
-their text: the tuning half is only used by --fit (which prints the constants to
-ship in semcache/calibration.py); every table is measured on the held-out half.
+their text: the tuning half is only used by `bench.cache_fit` (which prints the
+constants to ship in semcache/calibration.py); every table here is measured on
+the held-out half, for cosine thresholds, the text score (no vectors) and the
+vector score (the learned metric), through the shipped `Verifier` itself.
 Embeddings are computed once per backend and cached under .cache/.
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import random
 import re
 import sys
@@ -25,21 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from semcache.calibration import FEATURES, Calibration, calibration_for
-from semcache.verify import STOPWORDS, Verdict, Verifier, analyse, features, hard_rule
+from semcache.calibration import FEATURES, Calibration, VectorScore, calibration_for
+from semcache.verify import STOPWORDS, Verifier, analyse, features, hard_rule
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path("/work/shared/data/qqp_dev.jsonl")
 CACHE_DIR = ROOT / ".cache"
 BACKENDS = ("torch", "onnx-int8")
-FIT_FLOOR = 0.80  # pairs below this cosine are not used to fit the score
-RECALLS = (0.25, 0.30)  # the weights maximise the mean tuning precision at these recalls
-RECALL_TARGET = 0.26  # the shipped threshold lets in this much of the tuning recall
-GRID = {
-    "unmatched_entities": (0.0, -0.005, -0.01, -0.02, -0.03, -0.05, -0.08),
-    "same_qword": (0.0, 0.005, 0.01, 0.02, 0.03),
-    "length_ratio": (0.0, 0.005, 0.01, 0.02, 0.03),
-}
+RECALL_TARGET = 0.26  # the shipped thresholds let in this much of the tuning recall
 
 Encode = Callable[[list[str]], np.ndarray]
 
@@ -110,12 +104,18 @@ def embeddings(backend: str, name: str, texts: list[str], chunk: int = 4096) -> 
     return vectors
 
 
-def cosines(backend: str, name: str, a: list[str], b: list[str]) -> np.ndarray:
+def pair_vectors(
+    backend: str, name: str, a: list[str], b: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The unit vectors of both sides of each pair (`name` keys the embedding cache)."""
     texts = sorted(set(a) | set(b))
     vectors = embeddings(backend, name, texts)
     row = {t: i for i, t in enumerate(texts)}
-    va = vectors[[row[t] for t in a]]
-    vb = vectors[[row[t] for t in b]]
+    return vectors[[row[t] for t in a]], vectors[[row[t] for t in b]]
+
+
+def cosines(backend: str, name: str, a: list[str], b: list[str]) -> np.ndarray:
+    va, vb = pair_vectors(backend, name, a, b)
     return np.einsum("ij,ij->i", va, vb).astype(np.float64)
 
 
@@ -144,23 +144,6 @@ def with_cosine(lex: Lexical, cos: np.ndarray) -> np.ndarray:
     return values
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-6, steps: int = 50) -> np.ndarray:
-    """Weights [bias, w...] of a logistic regression by Newton's method (IRLS)."""
-    xb = np.hstack([np.ones((len(x), 1)), x])
-    w = np.zeros(xb.shape[1])
-    ridge = l2 * len(x) * np.eye(xb.shape[1])
-    ridge[0, 0] = 0.0
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-(xb @ w)))
-        grad = xb.T @ (p - y) + ridge @ w
-        hess = (xb * (p * (1 - p))[:, None]).T @ xb + ridge
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    return w
-
-
 def ranked(score: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scores from best to worst and the true hits among the first k, for every k."""
     order = np.argsort(-score, kind="stable")
@@ -181,48 +164,6 @@ def threshold_at(score: np.ndarray, label: np.ndarray, recall: float) -> float:
     return float(top[min(k, len(top) - 1)])
 
 
-def search_weights(values: np.ndarray, label: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """Feature weights (cosine's fixed at 1) with the best tuning precision at RECALLS.
-
-    Signs are fixed by meaning, not by what the data set rewards: agreement may
-    only raise the score, disagreement only lower it.
-    """
-    w = np.zeros(len(FEATURES))
-    w[FEATURES.index("cosine")] = 1.0
-
-    def objective(w: np.ndarray) -> float:
-        score = np.where(pool, values @ w, -np.inf)
-        return float(np.mean([precision_at(score, label, r) for r in RECALLS]))
-
-    best = objective(w)
-    for _ in range(2):  # coordinate search; a second pass rarely moves
-        for name, grid in GRID.items():
-            for value in grid:
-                trial = w.copy()
-                trial[FEATURES.index(name)] = value
-                if (score := objective(trial)) > best + 1e-5:
-                    best, w = score, trial
-    return w
-
-
-def fit(backend: str, tune: Pairs, cos: np.ndarray) -> Calibration:
-    """Weights, threshold and cosine floor on the tuning half (at RECALL_TARGET)."""
-    lex = lexical(tune)
-    values, label = with_cosine(lex, cos), tune.label
-    pool = lex.passes_rules & (cos >= FIT_FLOOR)
-    w = search_weights(values, label, pool)
-    bias, slope = fit_logistic((values[pool] @ w)[:, None], label[pool].astype(np.float64))
-    weights = tuple(round(float(slope * x), 4) for x in w)
-    cal = Calibration(backend, FIT_FLOOR, weights, round(float(bias), 4), 0.5)
-    score = np.where(pool, [cal.score(tuple(v)) for v in values], -np.inf)
-    threshold = round(threshold_at(score, label, RECALL_TARGET), 4)
-    # The lowest cosine that can still reach the threshold: nothing below is worth a check.
-    logit = math.log(threshold / (1 - threshold))
-    boost = sum(max(x, 0.0) for n, x in zip(FEATURES, weights, strict=True) if n != "cosine")
-    floor = (logit - cal.bias - boost) / weights[FEATURES.index("cosine")]
-    return Calibration(backend, math.floor(floor * 100) / 100, weights, cal.bias, threshold)
-
-
 def row(name: str, accepted: np.ndarray, label: np.ndarray) -> str:
     hits, tp = int(accepted.sum()), int((accepted & (label == 1)).sum())
     precision = tp / hits if hits else float("nan")
@@ -235,45 +176,124 @@ HEADER = f"| {'rule':<40} | precision | recall |  hits | wrong |\n|{'-' * 42}|{'
 )
 
 
-def verdicts(cal: Calibration, a: list[str], b: list[str], cos: np.ndarray) -> list[Verdict]:
-    verifier = Verifier(cal)
-    return [verifier.check(x, y, float(c)) for x, y, c in zip(a, b, cos, strict=True)]
+def vector_scores(
+    score: VectorScore, u: np.ndarray, v: np.ndarray, values: np.ndarray
+) -> np.ndarray:
+    """VectorScore.score over many pairs at once (the same arithmetic, vectorised)."""
+    product, difference = score.metric.astype(np.float64)
+    z = (u * v) @ product + np.abs(u - v) @ difference + values @ np.array(score.weights)
+    return 1.0 / (1.0 + np.exp(-np.clip(score.bias + z, -60.0, 60.0)))
 
 
-def report(pairs: Pairs, cos: np.ndarray, cal: Calibration, cos_cut: float) -> np.ndarray:
-    """Print the held-out tables; return the verifier's reasons for each held-out pair."""
-    held = pairs.half(pairs.held_out)
-    label, c = held.label, cos[pairs.held_out]
-    found = verdicts(cal, held.text_a, held.text_b, c)
-    reasons = np.array([v.reason for v in found])
-    lex = lexical(held)  # the rules and the score at every cosine, not only above the floor
-    ruled = lex.passes_rules
-    score = np.array([cal.score(tuple(v)) for v in with_cosine(lex, c)])
+@dataclass(frozen=True)
+class Half:
+    """One half of the pairs with what every rule needs: vectors, cosines, rules, features."""
+
+    pairs: Pairs
+    u: np.ndarray
+    v: np.ndarray
+    cos: np.ndarray
+    lex: Lexical
+    values: np.ndarray  # FEATURES with the cosine
+
+    @staticmethod
+    def of(pairs: Pairs, mask: np.ndarray, u: np.ndarray, v: np.ndarray) -> Half:
+        cos = np.einsum("ij,ij->i", u[mask], v[mask]).astype(np.float64)
+        half, lex = pairs.half(mask), lexical(pairs.half(mask))
+        return Half(half, u[mask], v[mask], cos, lex, with_cosine(lex, cos))
+
+    def reasons(self, cal: Calibration, vectors: bool) -> np.ndarray:
+        """The shipped verifier's reason for each pair, with or without the vectors."""
+        verifier, p = Verifier(cal), self.pairs
+        rows = zip(p.text_a, p.text_b, self.cos, self.u, self.v, strict=True)
+        if not vectors:
+            return np.array([verifier.check(x, y, float(c)).reason for x, y, c, _, _ in rows])
+        return np.array([verifier.check(x, y, float(c), a, b).reason for x, y, c, a, b in rows])
+
+    def rankings(self, cal: Calibration) -> dict[str, np.ndarray]:
+        """Each rule's score at every cosine (not only above the floors); -inf = refused."""
+        ruled, vector = self.lex.passes_rules, cal.vector
+        text = np.array([cal.text.score(v) for v in self.values])
+        out = {"cosine": self.cos, "cosine + rules": np.where(ruled, self.cos, -np.inf)}
+        out["text score"] = np.where(ruled, text, -np.inf)
+        if vector is not None:
+            out["vector score"] = np.where(
+                ruled, vector_scores(vector, self.u, self.v, self.values), -np.inf
+            )
+        return out
+
+
+def unseen(pairs: Pairs) -> np.ndarray:
+    """Held-out pairs neither of whose questions appears in the tuning half."""
+    tuned = {t for i in np.flatnonzero(~pairs.held_out) for t in (pairs.text_a[i], pairs.text_b[i])}
+    return np.array(
+        [a not in tuned and b not in tuned for a, b in zip(pairs.text_a, pairs.text_b, strict=True)]
+    )
+
+
+def report(held: Half, tune: Half, cal: Calibration, fresh: np.ndarray) -> dict[str, np.ndarray]:
+    """Print the held-out tables; return the verifier's reasons, text and vector paths."""
+    label, c, ruled = held.pairs.label, held.cos, held.lex.passes_rules
+    cos_cut = threshold_at(tune.cos, tune.pairs.label, RECALL_TARGET)
+    reasons = {"text": held.reasons(cal, vectors=False)}
     print(f"\nHeld-out pairs: {len(label)}, {int(label.sum())} labelled duplicates")
     print(HEADER)
     for cut in (0.90, 0.95):
         print(row(f"cosine >= {cut:.2f}", c >= cut, label))
     print(row(f"cosine >= {cos_cut:.3f} (same tuning recall)", c >= cos_cut, label))
     print(row(f"cosine >= {cos_cut:.3f} + hard rules", ruled & (c >= cos_cut), label))
-    print(row("verification (shipped calibration)", reasons == "ok", label))
-    print("\nPrecision at a given recall, held-out (each ranking its best pairs first):")
-    print("| recall | cosine | cosine + rules | verification score |\n|---|---|---|---|")
-    for r in (0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35):
-        cells = (c, np.where(ruled, c, -np.inf), np.where(ruled, score, -np.inf))
-        print(
-            f"| {r:.2f} | " + " | ".join(f"{precision_at(x, label, r):.3f}" for x in cells) + " |"
-        )
+    print(row("previous verification (text score)", reasons["text"] == "ok", label))
+    if cal.vector is not None:
+        reasons["vector"] = held.reasons(cal, vectors=True)
+        print(row("verification with the learned metric", reasons["vector"] == "ok", label))
+    recall_table(held, cal, fresh)
+    if cal.vector is not None:
+        operating_points(held, tune, cal.vector)
     print("\nWhy held-out pairs at or above the floor were refused (duplicates / others):")
-    for reason in sorted(set(reasons.tolist()) - {"ok", "below_min_similarity"}):
-        mask = reasons == reason
+    final = reasons.get("vector", reasons["text"])
+    for reason in sorted(set(final.tolist()) - {"ok", "below_min_similarity"}):
+        mask = final == reason
         pos, neg = int((mask & (label == 1)).sum()), int((mask & (label == 0)).sum())
         print(f"  {reason:<20} {pos:6d} / {neg:6d}")
     return reasons
 
 
-def audit(pairs: Pairs, reasons: np.ndarray, count: int) -> None:
+def recall_table(held: Half, cal: Calibration, fresh: np.ndarray) -> None:
+    """Precision of each rule's best pairs at a given recall; the same on unseen questions."""
+    label, ranks = held.pairs.label, held.rankings(cal)
+    print("\nPrecision at a given recall, held-out (each rule ranking its best pairs first);")
+    print(f"'unseen': the {int(fresh.sum())} held-out pairs with no question in the tuning half")
+    names = list(ranks) + [f"{n} (unseen)" for n in list(ranks)[1:]]
+    print("| recall | " + " | ".join(names) + " |\n" + "|---" * (len(names) + 1) + "|")
+    for r in (0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35):
+        cells = [precision_at(x, label, r) for x in ranks.values()]
+        cells += [precision_at(x[fresh], label[fresh], r) for x in list(ranks.values())[1:]]
+        print(f"| {r:.2f} | " + " | ".join(f"{x:.3f}" for x in cells) + " |")
+
+
+def operating_points(held: Half, tune: Half, vector: VectorScore) -> None:
+    """Held-out precision and recall at thresholds picked on the tuning half."""
+
+    def scores(half: Half) -> np.ndarray:
+        passes = half.lex.passes_rules & (half.cos >= vector.min_similarity)
+        return np.where(passes, vector_scores(vector, half.u, half.v, half.values), -np.inf)
+
+    tuned, found = scores(tune), scores(held)
+    label = held.pairs.label
+    print("\nThe vector score at thresholds picked on the tuning half (same weights):")
+    print("| tuning recall | threshold | held-out precision | recall | hits | wrong |")
+    print("|---|---|---|---|---|---|")
+    for r in (0.05, 0.10, 0.15, 0.20, RECALL_TARGET, 0.30):
+        t = threshold_at(tuned, tune.pairs.label, r)
+        hits, tp = int((found >= t).sum()), int(((found >= t) & (label == 1)).sum())
+        recall = tp / int((label == 1).sum())
+        print(
+            f"| {r:.2f} | {t:.4f} | {tp / max(hits, 1):.3f} | {recall:.3f} | {hits} | {hits - tp} |"
+        )
+
+
+def audit(held: Pairs, reasons: np.ndarray, count: int) -> None:
     """Print a fixed random sample of wrong hits (accepted, labelled 0) to read by hand."""
-    held = pairs.half(pairs.held_out)
     wrong = np.flatnonzero((reasons == "ok") & (held.label == 0))
     sample = sorted(random.Random(11).sample(wrong.tolist(), min(count, len(wrong))))
     print(f"\nAudit: {len(sample)} of {len(wrong)} held-out hits labelled 'different':")
@@ -341,45 +361,41 @@ def adversarial_pairs(texts: list[str], per_kind: int, seed: int) -> list[tuple[
     return out
 
 
-def adversarial(backend: str, pairs: Pairs, cal: Calibration, cos_cut: float) -> None:
-    held = pairs.half(pairs.held_out)
-    cases = adversarial_pairs(held.text_a + held.text_b, per_kind=300, seed=7)
+def adversarial(backend: str, held: Half, cal: Calibration) -> None:
+    cases = adversarial_pairs(held.pairs.text_a + held.pairs.text_b, per_kind=300, seed=7)
     a, b = [q for _, q, _ in cases], [o for _, _, o in cases]
-    cos = cosines(backend, "qqp-adversarial", a, b)
-    found = verdicts(cal, a, b, cos)
+    kinds = np.array([k for k, _, _ in cases])
+    fake = Pairs(a, b, np.zeros(len(a), dtype=np.int8), np.ones(len(a), dtype=bool))
+    u, v = pair_vectors(backend, "qqp-adversarial", a, b)
+    changed = Half.of(fake, fake.held_out, u, v)
+    columns = {f"cos >= {cut:.2f}": changed.cos >= cut for cut in (0.90, 0.95)}
+    columns["text score"] = changed.reasons(cal, vectors=False) == "ok"
+    if cal.vector is not None:
+        columns["vector score"] = changed.reasons(cal, vectors=True) == "ok"
     print("\nAdversarial pairs: a held-out question and a copy changed in one fact. Accepted:")
-    print(f"| change   | pairs | cos >= 0.90 | cos >= 0.95 | cos >= {cos_cut:.3f} | verified |")
-    print("|----------|-------|-------------|-------------|--------------|----------|")
+    print("| change | pairs | " + " | ".join(columns) + " |\n" + "|---" * (len(columns) + 2) + "|")
     for kind in ("number", "negation", "entity"):
-        idx = [i for i, (k, _, _) in enumerate(cases) if k == kind]
-        ck = cos[idx]
-        accepted = sum(found[i].accepted for i in idx)
-        print(
-            f"| {kind:<8} | {len(idx):5d} | {int((ck >= 0.90).sum()):11d} | "
-            f"{int((ck >= 0.95).sum()):11d} | {int((ck >= cos_cut).sum()):12d} | {accepted:8d} |"
-        )
+        cells = [int((kinds == kind).sum())] + [
+            int(c[kinds == kind].sum()) for c in columns.values()
+        ]
+        print(f"| {kind} | " + " | ".join(str(x) for x in cells) + " |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backend", choices=BACKENDS, default="torch")
-    parser.add_argument("--fit", action="store_true", help="fit on the tuning half, print it")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnx-int8")
     parser.add_argument("--audit", type=int, default=0, help="print N wrong hits to read")
     args = parser.parse_args()
     pairs = load_pairs()
-    cos = cosines(args.backend, "qqp", pairs.text_a, pairs.text_b)
-    tune = ~pairs.held_out
+    u, v = pair_vectors(args.backend, "qqp", pairs.text_a, pairs.text_b)
     cal = calibration_for(args.backend)
-    if args.fit:
-        cal = fit(args.backend, pairs.half(tune), cos[tune])
-        print(f"Fitted on the tuning half; ship in semcache/calibration.py:\n{cal!r}")
-    else:
-        print(f"Shipped calibration: {cal!r}")
-    cos_cut = threshold_at(cos[tune], pairs.label[tune], RECALL_TARGET)
-    reasons = report(pairs, cos, cal, cos_cut)
-    adversarial(args.backend, pairs, cal, cos_cut)
+    print(f"Shipped calibration: {cal!r}")
+    held = Half.of(pairs, pairs.held_out, u, v)
+    tune = Half.of(pairs, ~pairs.held_out, u, v)
+    reasons = report(held, tune, cal, unseen(pairs)[pairs.held_out])
+    adversarial(args.backend, held, cal)
     if args.audit:
-        audit(pairs, reasons, args.audit)
+        audit(held.pairs, reasons.get("vector", reasons["text"]), args.audit)
 
 
 if __name__ == "__main__":

@@ -3,17 +3,20 @@
 A cosine threshold alone serves wrong answers: "lose 5 kg" and "lose 10 kg" sit at
 cosine 0.97. So every candidate FAISS returns goes through, in order:
 
-1. the backend's cosine floor (`Calibration.min_similarity`);
+1. the cosine floor of the score in use;
 2. hard rules that no similarity overrides: the numbers, the negation, the
    named entities and the polarity words ("best" / "worst") of the two
    questions must agree;
-3. a calibrated score (a logistic function of the cosine, named entities present
-   on one side only, the question word and the length ratio, fitted offline by
-   `bench/cache_quality.py`) against the backend's threshold.
+3. a calibrated score against its threshold. Given both unit vectors, the
+   vector score: a learned metric over the embedding (a weight per dimension of
+   u*v and of |u-v|) plus the cosine and cheap text features. Without them, the
+   text score: a logistic function of the cosine, named entities present on one
+   side only, the question word and the length ratio. Both are fitted offline
+   by `bench/cache_fit.py` (semcache/calibration.py).
 
-Everything here is pure Python over two short strings, no model call: about
-40 microseconds of CPU to analyse a question, and a question is analysed once
-(an LRU cache keeps the query across its candidates and frequent candidates).
+No model call: about 40 microseconds of CPU to analyse a question not seen
+before (an LRU cache keeps the query across its candidates and frequent
+candidates), and under 10 more for the vector score's two dot products.
 The measured precision and recall, and what still fails: docs/cache-quality.md.
 """
 
@@ -21,10 +24,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
-from semcache.calibration import FEATURES, Calibration
+import numpy as np
+
+from semcache.calibration import FEATURES, Calibration, TextScore, VectorScore
 
 
 def _wordset(words: str) -> frozenset[str]:
@@ -240,15 +246,47 @@ class Verifier:
     def __init__(self, calibration: Calibration) -> None:
         self.calibration = calibration
 
-    def check(self, query: str, candidate: str, similarity: float) -> Verdict:
-        cal = self.calibration
-        if not similarity >= cal.min_similarity:  # also rejects NaN
-            return Verdict(False, 0.0, "below_min_similarity")
-        a, b = analyse(query), analyse(candidate)
-        reason = hard_rule(a, b)
-        if reason is not None:
-            return Verdict(False, 0.0, reason)
-        score = cal.score(features(a, b, similarity))
-        if score < cal.score_threshold:
-            return Verdict(False, score, "below_threshold")
-        return Verdict(True, score, "ok")
+    def check(
+        self,
+        query: str,
+        candidate: str,
+        similarity: float,
+        query_vector: np.ndarray | None = None,
+        candidate_vector: np.ndarray | None = None,
+    ) -> Verdict:
+        """Verdict on serving `candidate`'s answer to `query`.
+
+        Given both unit vectors (float32, of the index's dimension) and a
+        backend with a learned metric, the vector score decides; otherwise the
+        text score, whose cosine floor is higher.
+        """
+        text, vector = self.calibration.text, self.calibration.vector
+        if vector is None or query_vector is None or candidate_vector is None:
+            return _verdict(query, candidate, similarity, text, text.score)
+        return _verdict(
+            query,
+            candidate,
+            similarity,
+            vector,
+            partial(vector.score, query_vector, candidate_vector),
+        )
+
+
+def _verdict(
+    query: str,
+    candidate: str,
+    similarity: float,
+    limits: TextScore | VectorScore,
+    score_of: Callable[[tuple[float, ...]], float],
+) -> Verdict:
+    """The floor, the hard rules, then the score against the threshold, in that order."""
+    if not similarity >= limits.min_similarity:  # also rejects NaN
+        return Verdict(False, 0.0, "below_min_similarity")
+    a, b = analyse(query), analyse(candidate)
+    reason = hard_rule(a, b)
+    if reason is not None:
+        return Verdict(False, 0.0, reason)
+    score = score_of(features(a, b, similarity))
+    if score < limits.score_threshold:
+        return Verdict(False, score, "below_threshold")
+    return Verdict(True, score, "ok")

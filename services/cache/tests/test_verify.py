@@ -1,18 +1,59 @@
-"""The verification step: wrong hits are refused whatever the cosine, paraphrases pass."""
+"""The verification step: wrong hits are refused whatever the cosine, paraphrases pass.
+
+Every hard-rule test runs on both paths: the text score (no vectors given) and
+the learned metric over the two vectors. The metric's own tests use the real
+model's vectors (marked ``model``) or a hand-made metric whose weights are known.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import pytest
 
-from semcache.calibration import FEATURES, Calibration, calibration_for
-from semcache.verify import Verifier, analyse, features
+from semcache.calibration import (
+    FEATURES,
+    Calibration,
+    TextScore,
+    VectorScore,
+    calibration_for,
+    load_metric,
+)
+from semcache.verify import Verdict, Verifier, analyse, features
 
 BACKENDS = ("onnx-int8", "torch")
+DIM = 384
+Check = Callable[[str, str, float], Verdict]
+
+
+def pair_at(similarity: float, dim: int = DIM, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two float32 unit vectors at `similarity` cosine."""
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(dim)
+    u /= np.linalg.norm(u)
+    noise = rng.standard_normal(dim)
+    noise -= noise.dot(u) * u
+    noise /= np.linalg.norm(noise)
+    v = similarity * u + np.sqrt(max(0.0, 1 - similarity**2)) * noise
+    return u.astype(np.float32), (v / np.linalg.norm(v)).astype(np.float32)
 
 
 @pytest.fixture(params=BACKENDS)
 def verifier(request: pytest.FixtureRequest) -> Verifier:
     return Verifier(calibration_for(request.param))
+
+
+@pytest.fixture(params=["text", "vectors"])
+def check(verifier: Verifier, request: pytest.FixtureRequest) -> Check:
+    """`verifier.check`, given no vectors or a pair of vectors at the stated cosine."""
+    if request.param == "text":
+        return verifier.check
+
+    def with_vectors(query: str, candidate: str, similarity: float) -> Verdict:
+        return verifier.check(query, candidate, similarity, *pair_at(similarity))
+
+    return with_vectors
 
 
 @pytest.mark.parametrize(
@@ -32,9 +73,9 @@ def verifier(request: pytest.FixtureRequest) -> Verifier:
     ],
 )
 def test_questions_that_differ_by_a_number_never_match(
-    verifier: Verifier, query: str, candidate: str
+    check: Check, query: str, candidate: str
 ) -> None:
-    verdict = verifier.check(query, candidate, similarity=0.999)
+    verdict = check(query, candidate, 0.999)
     assert not verdict.accepted
     assert verdict.reason == "number_mismatch"
 
@@ -51,9 +92,9 @@ def test_questions_that_differ_by_a_number_never_match(
     ],
 )
 def test_questions_that_differ_by_a_negation_never_match(
-    verifier: Verifier, query: str, candidate: str
+    check: Check, query: str, candidate: str
 ) -> None:
-    verdict = verifier.check(query, candidate, similarity=0.999)
+    verdict = check(query, candidate, 0.999)
     assert not verdict.accepted
     assert verdict.reason == "negation_mismatch"
 
@@ -70,9 +111,9 @@ def test_questions_that_differ_by_a_negation_never_match(
     ],
 )
 def test_questions_that_differ_by_a_named_entity_never_match(
-    verifier: Verifier, query: str, candidate: str
+    check: Check, query: str, candidate: str
 ) -> None:
-    verdict = verifier.check(query, candidate, similarity=0.999)
+    verdict = check(query, candidate, 0.999)
     assert not verdict.accepted
     assert verdict.reason == "entity_mismatch"
 
@@ -85,10 +126,8 @@ def test_questions_that_differ_by_a_named_entity_never_match(
         ("Is it legal to record a phone call?", "Is it illegal to record a phone call?"),
     ],
 )
-def test_questions_with_opposed_words_never_match(
-    verifier: Verifier, query: str, candidate: str
-) -> None:
-    verdict = verifier.check(query, candidate, similarity=0.999)
+def test_questions_with_opposed_words_never_match(check: Check, query: str, candidate: str) -> None:
+    verdict = check(query, candidate, 0.999)
     assert not verdict.accepted
     assert verdict.reason == "antonym_mismatch"
 
@@ -107,7 +146,7 @@ def test_questions_with_opposed_words_never_match(
         ("How many grams are in 1,000 kg?", "How many grams are in 1000 kg?", 0.99),
     ],
 )
-def test_genuine_paraphrases_with_high_similarity_are_accepted(
+def test_the_text_score_accepts_paraphrases_with_high_similarity(
     verifier: Verifier, query: str, candidate: str, similarity: float
 ) -> None:
     verdict = verifier.check(query, candidate, similarity)
@@ -120,55 +159,188 @@ def test_identical_questions_pass_at_identical_cosine(verifier: Verifier) -> Non
     assert verifier.check("How do I learn Rust?", "How do I learn Rust?", 1.0).accepted
 
 
-def test_a_low_cosine_is_refused_before_anything_else(verifier: Verifier) -> None:
-    floor = verifier.calibration.min_similarity
-    verdict = verifier.check("How do I learn Rust?", "How do I learn Rust?", floor - 0.01)
-    assert verdict == verdict.__class__(False, 0.0, "below_min_similarity")
+@pytest.mark.parametrize("vectors", [False, True])
+def test_a_cosine_under_the_floor_is_refused_before_anything_else(
+    verifier: Verifier, vectors: bool
+) -> None:
+    cal = verifier.calibration
+    floor = cal.vector.min_similarity if vectors and cal.vector else cal.text.min_similarity
+    given = pair_at(floor - 0.01) if vectors else ()
+    verdict = verifier.check("How do I learn Rust?", "How do I learn Rust?", floor - 0.01, *given)
+    assert verdict == Verdict(False, 0.0, "below_min_similarity")
 
 
-def test_nan_similarity_is_refused(verifier: Verifier) -> None:
-    assert not verifier.check("How do I learn Rust?", "How do I learn Rust?", float("nan")).accepted
+def test_nan_similarity_is_refused(check: Check) -> None:
+    assert not check("How do I learn Rust?", "How do I learn Rust?", float("nan")).accepted
 
 
-def test_unrelated_wording_at_the_floor_is_scored_below_threshold(verifier: Verifier) -> None:
-    floor = verifier.calibration.min_similarity
+def test_unrelated_wording_at_the_text_floor_is_scored_below_threshold(verifier: Verifier) -> None:
+    text = verifier.calibration.text
     verdict = verifier.check(
         "What is the best programming language to learn?",
         "Which laptop should I buy for programming?",
-        floor,
+        text.min_similarity,
     )
     assert verdict.reason == "below_threshold"
-    assert verdict.score < verifier.calibration.score_threshold
+    assert verdict.score < text.score_threshold
 
 
-def test_the_score_rises_with_the_cosine() -> None:
-    cal = calibration_for("torch")
+def test_the_text_score_rises_with_the_cosine() -> None:
+    text = calibration_for("torch").text
     a, b = analyse("How can I learn Python quickly?"), analyse("Best way to learn Python?")
-    low, high = cal.score(features(a, b, 0.86)), cal.score(features(a, b, 0.97))
+    low, high = text.score(features(a, b, 0.86)), text.score(features(a, b, 0.97))
     assert 0.0 <= low < high <= 1.0
 
 
-def test_each_backend_has_its_own_entry() -> None:
+def test_without_both_vectors_the_text_score_and_its_higher_floor_decide(
+    verifier: Verifier,
+) -> None:
+    cal = verifier.calibration
+    assert cal.vector is not None
+    similarity = (cal.vector.min_similarity + cal.text.min_similarity) / 2
+    u, v = pair_at(similarity)
+    query, candidate = "How do I learn Rust?", "How can I learn Rust?"
+    for partial in ((), (u, None), (None, v)):
+        refused = verifier.check(query, candidate, similarity, *partial)
+        assert refused.reason == "below_min_similarity"
+    assert verifier.check(query, candidate, similarity, u, v).reason != "below_min_similarity"
+
+
+def test_the_search_floor_is_the_lowest_either_score_accepts() -> None:
     for backend in BACKENDS:
         cal = calibration_for(backend)
-        assert cal.backend == backend
-        assert len(cal.weights) == len(FEATURES)
-        assert 0.0 < cal.min_similarity < 1.0
-        assert 0.0 < cal.score_threshold < 1.0
+        assert cal.vector is not None
+        assert cal.min_similarity == cal.vector.min_similarity < cal.text.min_similarity
+
+
+def known_metric(dim: int = 4) -> VectorScore:
+    """A metric that only cares about dimension 0: a difference there costs 20 logits."""
+    metric = np.zeros((2, dim), dtype=np.float32)
+    metric[1, 0] = -20.0
+    weights = (10.0,) + (0.0,) * (len(FEATURES) - 1)  # the cosine's weight
+    return VectorScore(0.5, weights, -5.0, 0.5, metric)
+
+
+def test_the_learned_metric_weighs_a_difference_by_its_dimension() -> None:
+    score, values = known_metric(), (0.9, 0.0, 1.0, 1.0)
+    u = np.full(4, 0.5, dtype=np.float32)
+    apart_in_0 = np.array([0.3, 0.5, 0.7, 0.5], dtype=np.float32)
+    apart_in_1 = np.array([0.5, 0.3, 0.7, 0.5], dtype=np.float32)
+    apart_in_0 /= np.linalg.norm(apart_in_0)
+    apart_in_1 /= np.linalg.norm(apart_in_1)
+    assert u @ apart_in_0 == pytest.approx(u @ apart_in_1)  # the same cosine
+    assert score.score(u, apart_in_1, values) > 0.9 > 0.5 > score.score(u, apart_in_0, values)
+
+
+def test_vectors_of_another_dimension_are_refused_loudly() -> None:
+    with pytest.raises(ValueError, match="vectors of shape"):
+        known_metric(dim=4).score(*pair_at(0.9, dim=8), (0.9, 0.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_backend_ships_its_metric_weights(backend: str) -> None:
+    metric = load_metric(backend)
+    assert metric.shape == (2, DIM)
+    assert metric.dtype == np.float32
+    assert np.isfinite(metric).all()
+    assert (metric != 0).mean() > 0.9  # a weight per dimension, not a placeholder
+    vector = calibration_for(backend).vector
+    assert vector is not None and vector.metric is not None
+    assert np.array_equal(vector.metric, metric)
 
 
 def test_the_backends_are_calibrated_separately() -> None:
-    assert calibration_for("torch") != calibration_for("onnx-int8")
+    torch, onnx = calibration_for("torch"), calibration_for("onnx-int8")
+    assert torch.text != onnx.text
+    assert torch.vector is not None and onnx.vector is not None
+    assert not np.array_equal(torch.vector.metric, onnx.vector.metric)
 
 
-def test_an_unknown_backend_gets_the_strictest_known_thresholds() -> None:
+def test_an_unknown_backend_gets_the_strictest_text_score_and_no_metric() -> None:
     unknown = calibration_for("some-other-model")
-    known = [calibration_for(b) for b in BACKENDS]
+    known = [calibration_for(b).text for b in BACKENDS]
     assert unknown.backend == "some-other-model"
-    assert unknown.min_similarity >= max(c.min_similarity for c in known)
-    assert unknown.score_threshold >= max(c.score_threshold for c in known)
+    assert unknown.vector is None  # another model's vectors mean nothing to these weights
+    assert unknown.min_similarity >= max(t.min_similarity for t in known)
+    assert unknown.text.score_threshold >= max(t.score_threshold for t in known)
+    similarity = unknown.min_similarity - 0.01
+    verdict = Verifier(unknown).check("a b", "a b", similarity, *pair_at(similarity))
+    assert verdict.reason == "below_min_similarity"
 
 
-def test_a_calibration_with_the_wrong_number_of_weights_is_refused() -> None:
+def test_a_score_with_the_wrong_number_of_weights_is_refused() -> None:
     with pytest.raises(ValueError, match="weights"):
-        Calibration("x", 0.9, weights=(1.0,), bias=0.0, score_threshold=0.5)
+        TextScore(0.9, weights=(1.0,), bias=0.0, score_threshold=0.5)
+    with pytest.raises(ValueError, match="weights"):
+        VectorScore(0.9, (1.0,), 0.0, 0.5, np.zeros((2, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        VectorScore(0.9, (0.0,) * len(FEATURES), 0.0, 0.5, np.zeros(4, dtype=np.float32))
+
+
+def test_a_calibration_is_built_once_per_backend() -> None:
+    assert calibration_for("onnx-int8") is calibration_for("onnx-int8")
+    assert isinstance(calibration_for("torch"), Calibration)
+
+
+# --- the learned metric on the real model's vectors ---------------------------
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def embedded(request: pytest.FixtureRequest) -> tuple[Verifier, Callable[[str], np.ndarray]]:
+    """The backend's verifier and its real embedding function (the embedder's own code)."""
+    from embedder.model import load_model
+    from embedder.settings import EmbedderSettings
+
+    model = load_model(EmbedderSettings(backend=request.param))
+
+    def embed(text: str) -> np.ndarray:
+        return np.asarray(model.embed(model.tokenize([text]))[0], dtype=np.float32)
+
+    return Verifier(calibration_for(request.param)), embed
+
+
+def _check_real(embedded: tuple[Verifier, Callable[[str], np.ndarray]], a: str, b: str) -> Verdict:
+    verifier, embed = embedded
+    u, v = embed(a), embed(b)
+    return verifier.check(a, b, float(u @ v), u, v)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(
+    ("query", "candidate"),
+    [
+        # The gateway's integration tests rely on the first three being hits.
+        ("How do I learn Python quickly?", "How can I learn Python quickly?"),
+        ("What is a semantic cache?", "What does a semantic cache do?"),
+        ("How can I learn Python quickly?", "How can I learn Python fast?"),
+        # At the text score's floor (cosine 0.92) and under its threshold.
+        ("How can I learn Python quickly?", "What is the fastest way to learn Python?"),
+    ],
+)
+def test_the_metric_accepts_real_paraphrases(
+    embedded: tuple[Verifier, Callable[[str], np.ndarray]], query: str, candidate: str
+) -> None:
+    verdict = _check_real(embedded, query, candidate)
+    assert verdict.accepted, verdict
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(
+    ("query", "candidate", "reason"),
+    [
+        ("Why did the dinosaurs become extinct?", "When did the dinosaurs become extinct?", None),
+        ("How do I make pizza dough?", "How do I make bread dough?", None),
+        ("What is machine learning?", "What is a machine learning algorithm?", None),
+        ("How can I learn Python quickly?", "How can I learn Python quickly in 5 days?", "number"),
+        ("Is coffee good for your health?", "Is coffee not good for your health?", "negation"),
+    ],
+)
+def test_the_metric_refuses_real_questions_that_ask_something_else(
+    embedded: tuple[Verifier, Callable[[str], np.ndarray]],
+    query: str,
+    candidate: str,
+    reason: str | None,
+) -> None:
+    verdict = _check_real(embedded, query, candidate)
+    assert not verdict.accepted
+    assert verdict.reason == (f"{reason}_mismatch" if reason else "below_threshold")
