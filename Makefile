@@ -97,3 +97,9 @@ compose-down: ## Stop the compose stack (volumes kept; add -v by hand to wipe th
 .PHONY: k8s-render
 k8s-render: ## Print the Kubernetes manifests of OVERLAY (dev, prod, prod-managed-redis) to stdout
 	@kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
+
+SOAK_ARGS    ?=
+
+.PHONY: soak
+soak: setup ## 10-minute soak of the whole stack: RSS of every service, errors, hit ratio (not in CI; SOAK_ARGS=--minutes 1)
+	$(PY) -m bench.soak $(SOAK_ARGS)

@@ -1,0 +1,365 @@
+"""Soak: the whole stack under a moderate mixed load for a bounded time, watching memory.
+
+``python -m bench.soak [--minutes 10]`` (``make soak``) starts a real
+``redis-server``, the embedder, the cache service on that Redis, two mock-llm
+replicas and the gateway on free loopback ports, then sends requests at a
+steady rate for the given time:
+
+- repeats of a fixed set of questions (exact hits once stored), paraphrases of
+  them (semantic hits), questions never asked before (misses, stored with a
+  short TTL so the cache reaches a steady size and expiry is exercised), and
+  non-deterministic requests (bypass); half of them streamed;
+- a few injected faults (``X-Mock-Fault``: 5xx, an error event, a cut stream, a
+  slow first token, a hang on streams), counted apart;
+- a graceful restart (SIGTERM, start) of the second replica every few minutes.
+
+Every few seconds it samples the resident memory (RSS, children included) of
+every process. At the end it prints, per service, RSS after the warm-up, at
+the end and the growth, then the requests: answers, errors split into injected,
+during a replica restart and unexpected, the cache outcomes and hit ratio. It
+exits 1 if there was an unexpected error or a service not restarted grew by
+10% or more after the warm-up. Logs go to ``var/log/soak/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+
+import aiohttp
+import psutil
+
+from deploy.local.procs import (
+    PYTHON,
+    ROOT,
+    Proc,
+    free_port,
+    grpc_serving,
+    http_ok,
+    redis_proc,
+    redis_ready,
+)
+
+MODEL = "mock-llama-3-8b"
+LOG_DIR = ROOT / "var" / "log" / "soak"
+TOPICS = [
+    "Python", "Rust", "chess", "the guitar", "cooking", "statistics", "French", "drawing",
+    "sailing", "photography", "linear algebra", "Kubernetes", "SQL", "gardening", "typing",
+    "public speaking", "woodworking", "Japanese", "calculus", "swimming",
+]  # fmt: skip
+FAULTS = ["status:503", "error-event:3", "cut:5", "slow:300", "hang"]
+GROWTH_LIMIT = 0.10
+
+
+@dataclass
+class Stack:
+    procs: dict[str, Proc] = field(default_factory=dict)
+    gateway_url: str = ""
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+
+
+def _start(stack: Stack, name: str, proc: Proc, ready: object, timeout: float) -> None:
+    print(f"starting {name} ...", flush=True)
+    stack.procs[name] = proc.start()
+    proc.wait_until(ready, timeout=timeout)  # type: ignore[arg-type]
+
+
+def start_stack(stack: Stack, ttl_s: int) -> None:
+    ports = {n: free_port() for n in ("redis", "embedder", "cache", "mock-1", "mock-2", "gateway")}
+    redis = redis_proc(ports["redis"], log_dir=LOG_DIR)
+    _start(stack, "redis", redis, redis_ready(ports["redis"]), 15)
+
+    def proc(name: str, module: str, **env: str) -> Proc:
+        return Proc(name, [PYTHON, "-m", module], env=env, log_dir=LOG_DIR)
+
+    embedder = proc("embedder", "embedder", EMBEDDER_PORT=str(ports["embedder"]))
+    embedder.env["EMBEDDER_METRICS_PORT"] = "0"
+    _start(stack, "embedder", embedder, lambda: grpc_serving(ports["embedder"]), 300)
+    redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
+    cache = proc("cache", "semcache", CACHE_PORT=str(ports["cache"]), CACHE_REDIS_URL=redis_url)
+    cache.env["CACHE_METRICS_PORT"] = "0"
+    _start(stack, "cache", cache, lambda: grpc_serving(ports["cache"]), 120)
+    backends = []
+    for name in ("mock-1", "mock-2"):
+        url = f"http://127.0.0.1:{ports[name]}"
+        mock = proc(name, "mockllm", MOCKLLM_PORT=str(ports[name]), MOCKLLM_MODELS=MODEL)
+        _start(stack, name, mock, partial(http_ok, f"{url}/health"), 30)
+        backends.append({"url": url, "models": [MODEL]})
+    stack.gateway_url = f"http://127.0.0.1:{ports['gateway']}"
+    gateway = proc(
+        "gateway",
+        "gateway",
+        GATEWAY_PORT=str(ports["gateway"]),
+        GATEWAY_BACKENDS=json.dumps(backends),
+        GATEWAY_EMBEDDER_TARGET=f"127.0.0.1:{ports['embedder']}",
+        GATEWAY_CACHE_TARGET=f"127.0.0.1:{ports['cache']}",
+        GATEWAY_CACHE_TTL_S=str(ttl_s),
+        GATEWAY_CACHE_LOOKUP_BUDGET_MS="100",  # hits must not depend on the shared machine
+        GATEWAY_TTFT_TIMEOUT_S="2",
+        GATEWAY_LOG_REQUESTS="false",
+    )
+    _start(stack, "gateway", gateway, partial(http_ok, f"{stack.gateway_url}/readyz"), 60)
+
+
+# -- the load ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    body: dict[str, object]
+    fault: str
+
+
+def make_request(rng: random.Random, n: int, fault_ratio: float) -> Request:
+    topic = rng.choice(TOPICS)
+    kind = rng.random()
+    temperature = 0.0
+    if kind < 0.35:
+        text = rng.choice([f"How can I learn {topic} quickly?", f"Is {topic} hard to learn?"])
+    elif kind < 0.50:
+        text = f"How can I learn {topic} fast?"  # a paraphrase of the first repeat
+    elif kind < 0.85:
+        text = f"Question {n}: what should I know about {topic} before day {n}?"
+    else:
+        text, temperature = f"Tell me something about {topic}.", 0.8
+    stream = rng.random() < 0.5
+    fault = rng.choice(FAULTS) if rng.random() < fault_ratio else ""
+    if fault == "hang" and not stream:
+        fault = "slow:300"  # a hung non-streamed attempt is bounded only by the total timeout
+    body = {
+        "model": MODEL,
+        "stream": stream,
+        "temperature": temperature,
+        "messages": [{"role": "user", "content": text}],
+    }
+    return Request(body, fault)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    started: float
+    ended: float
+    fault: str
+    ok: bool
+    cache: str
+    detail: str
+
+
+async def send(session: aiohttp.ClientSession, url: str, req: Request) -> Outcome:
+    started, ok, cache, detail = time.monotonic(), False, "", ""
+    headers = {"X-Mock-Fault": req.fault} if req.fault else {}
+    try:
+        async with session.post(
+            f"{url}/v1/chat/completions", json=req.body, headers=headers
+        ) as reply:
+            cache = reply.headers.get("x-cache", "")
+            body = await reply.read()
+        if req.body["stream"]:
+            ok = reply.status == 200 and body.rstrip().endswith(b"data: [DONE]")
+            ok = ok and b'data: {"error"' not in body
+        else:
+            ok = reply.status == 200 and b'"choices"' in body
+        detail = "" if ok else f"{reply.status} {body[-200:]!r}"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        detail = repr(exc)
+    return Outcome(started, time.monotonic(), req.fault, ok, cache, detail)
+
+
+async def drive(url: str, args: argparse.Namespace, end: float) -> list[Outcome]:
+    """Requests at ``args.rps`` (at most 64 in flight) until ``end``; waits for the last."""
+    rng = random.Random(args.seed)
+    outcomes: list[Outcome] = []
+    tasks: set[asyncio.Task[None]] = set()
+    room = asyncio.Semaphore(64)
+    t0 = time.monotonic()
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def one(req: Request) -> None:
+            async with room:
+                outcomes.append(await send(session, url, req))
+
+        n = 0
+        while (now := time.monotonic()) < end:
+            due = t0 + n / args.rps
+            if due > now:
+                await asyncio.sleep(due - now)
+                continue
+            task = asyncio.create_task(one(make_request(rng, n, args.fault_ratio)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+        await asyncio.gather(*tasks)
+    return outcomes
+
+
+# -- faults and memory --------------------------------------------------------------------------
+
+
+async def restarts(stack: Stack, every_s: float, end: float) -> list[tuple[float, float]]:
+    """Restart mock-2 gracefully every ``every_s``; the (start, ready) windows."""
+    windows = []
+    mock = stack.procs["mock-2"]
+    url = json.loads(stack.procs["gateway"].env["GATEWAY_BACKENDS"])[1]["url"]
+    while time.monotonic() + every_s < end:
+        await asyncio.sleep(every_s)
+        began = time.monotonic()
+        await asyncio.to_thread(mock.stop)
+        mock.start()
+        await asyncio.to_thread(mock.wait_until, lambda: http_ok(f"{url}/health"), 30)
+        windows.append((began, time.monotonic()))
+        print(f"restarted mock-2 ({time.monotonic() - began:.1f} s)", flush=True)
+    return windows
+
+
+def rss(pid: int) -> int:
+    try:
+        proc = psutil.Process(pid)
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            total += child.memory_info().rss
+        return int(total)
+    except psutil.Error:
+        return 0
+
+
+async def sample(stack: Stack, every_s: float, end: float) -> dict[str, list[tuple[float, int]]]:
+    series: dict[str, list[tuple[float, int]]] = {name: [] for name in stack.procs}
+    while time.monotonic() < end:
+        now = time.monotonic()
+        for name, proc in stack.procs.items():
+            if proc.alive():
+                series[name].append((now, rss(proc.pid)))
+        await asyncio.sleep(every_s)
+    return series
+
+
+# -- the report ------------------------------------------------------------------------------------
+
+
+def mib(value: float) -> str:
+    return f"{value / 2**20:.1f}"
+
+
+def memory_rows(
+    series: dict[str, list[tuple[float, int]]], warm_end: float, restarted: set[str]
+) -> tuple[list[str], list[str]]:
+    """Table rows, and the services that grew too much."""
+    rows, grew = [], []
+    for name, points in series.items():
+        after = [v for t, v in points if t >= warm_end and v > 0]
+        if len(after) < 2:
+            rows.append(f"| {name} | - | - | - | too few samples |")
+            continue
+        k = max(1, min(6, len(after) // 10))  # about the first and last 30 s
+        first, last = statistics.median(after[:k]), statistics.median(after[-k:])
+        growth = (last - first) / first
+        note = ""
+        if name in restarted:
+            note = "restarted during the run: the growth spans several processes"
+        elif growth >= GROWTH_LIMIT:
+            grew.append(name)
+            note = "over the 10% limit"
+        row = f"| {name} | {mib(first)} | {mib(last)} | {mib(max(after))} | {growth:+.1%} {note}"
+        rows.append(row.rstrip() + " |")
+    return rows, grew
+
+
+def request_table(
+    outcomes: list[Outcome], windows: list[tuple[float, float]]
+) -> tuple[list[str], int]:
+    """Table lines, and the number of unexpected errors."""
+
+    def in_restart(o: Outcome) -> bool:
+        return any(o.started <= b and o.ended >= a for a, b in windows)
+
+    failed = [o for o in outcomes if not o.ok]
+    injected = [o for o in failed if o.fault]
+    restart = [o for o in failed if not o.fault and in_restart(o)]
+    unexpected = [o for o in failed if not o.fault and not in_restart(o)]
+    caches = Counter(o.cache or "(none)" for o in outcomes)
+    hits = caches["HIT-EXACT"] + caches["HIT-SEMANTIC"]
+    cacheable = hits + caches["MISS"]
+    ok_s = sorted(o.ended - o.started for o in outcomes if o.ok)
+    p50 = statistics.median(ok_s) if ok_s else 0.0
+    p99 = ok_s[int(0.99 * (len(ok_s) - 1))] if ok_s else 0.0
+    lines = [
+        "| requests | ok | errors: injected | errors: in a replica restart | errors: unexpected |",
+        "|---|---|---|---|---|",
+        f"| {len(outcomes)} | {len(outcomes) - len(failed)} | {len(injected)} "
+        f"(of {sum(1 for o in outcomes if o.fault)} with a fault) | {len(restart)} "
+        f"| {len(unexpected)} |",
+        "",
+        "| HIT-EXACT | HIT-SEMANTIC | MISS | BYPASS | hit ratio (cacheable) | p50 s | p99 s |",
+        "|---|---|---|---|---|---|---|",
+        f"| {caches['HIT-EXACT']} | {caches['HIT-SEMANTIC']} | {caches['MISS']} "
+        f"| {caches['BYPASS']} | {hits / max(1, cacheable):.1%} | {p50:.3f} | {p99:.3f} |",
+    ]
+    lines += [f"unexpected: {o.detail}" for o in unexpected[:10]]
+    lines += [f"during a restart: {o.detail}" for o in restart[:5]]
+    return lines, len(unexpected)
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+async def soak(stack: Stack, args: argparse.Namespace) -> int:
+    start = time.monotonic()
+    end = start + args.minutes * 60
+    warm_end = start + args.warmup_s
+    load = drive(stack.gateway_url, args, end)
+    memory = sample(stack, args.sample_s, end + 5)
+    restarting = restarts(stack, args.restart_every_s, end)
+    outcomes, series, windows = await asyncio.gather(load, memory, restarting)
+    restarted = {"mock-2"} if windows else set()
+    rows, grew = memory_rows(series, warm_end, restarted)
+    print(f"\nSoak: {args.minutes:g} min at {args.rps:g} requests/s, warm-up {args.warmup_s:g} s,")
+    print(f"RSS sampled every {args.sample_s:g} s, {len(windows)} restarts of mock-2.\n")
+    print("| service | RSS after warm-up MiB | RSS at end MiB | peak MiB | growth |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
+    print()
+    lines, unexpected = request_table(outcomes, windows)
+    print("\n".join(lines))
+    return 1 if unexpected or grew else 0
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--rps", type=float, default=20.0, help="requests per second")
+    parser.add_argument("--warmup-s", type=float, help="default: a fifth of the run, at most 120")
+    parser.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period")
+    parser.add_argument("--restart-every-s", type=float, default=150.0)
+    parser.add_argument("--fault-ratio", type=float, default=0.02)
+    parser.add_argument("--ttl-s", type=int, default=60, help="cache entry TTL")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    if args.warmup_s is None:
+        args.warmup_s = min(120.0, args.minutes * 60 / 5)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    stack = Stack()
+    try:
+        start_stack(stack, args.ttl_s)
+        return asyncio.run(soak(stack, args))
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
