@@ -293,12 +293,13 @@ def operating_points(held: Half, tune: Half, vector: VectorScore) -> None:
 
 
 def audit(held: Pairs, reasons: np.ndarray, count: int) -> None:
-    """Print a fixed random sample of wrong hits (accepted, labelled 0) to read by hand."""
-    wrong = np.flatnonzero((reasons == "ok") & (held.label == 0))
-    sample = sorted(random.Random(11).sample(wrong.tolist(), min(count, len(wrong))))
-    print(f"\nAudit: {len(sample)} of {len(wrong)} held-out hits labelled 'different':")
-    for n, i in enumerate(sample, 1):
-        print(f"{n:3d}. {held.text_a[i]}  ||  {held.text_b[i]}")
+    """Print fixed random samples of hits labelled 'different' and 'same', to read by hand."""
+    for label, seed, name in ((0, 11, "different"), (1, 12, "the same")):
+        hits = np.flatnonzero((reasons == "ok") & (held.label == label))
+        sample = sorted(random.Random(seed).sample(hits.tolist(), min(count, len(hits))))
+        print(f"\nAudit: {len(sample)} of {len(hits)} held-out hits labelled {name}:")
+        for n, i in enumerate(sample, 1):
+            print(f"{n:3d}. {held.text_a[i]}  ||  {held.text_b[i]}")
 
 
 # --- adversarial pairs: one held-out question and a copy that differs in one fact ---
