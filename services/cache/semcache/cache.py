@@ -55,7 +55,14 @@ class Verdict(Protocol):
 class Verifier(Protocol):
     """``semcache.verify.Verifier``: may this cached question answer that one?"""
 
-    def check(self, query: str, candidate: str, similarity: float) -> Verdict: ...
+    def check(
+        self,
+        query: str,
+        candidate: str,
+        similarity: float,
+        query_vector: np.ndarray | None = None,
+        candidate_vector: np.ndarray | None = None,
+    ) -> Verdict: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +209,13 @@ class SemanticCache:
             if entry.namespace != namespace:
                 continue
             verdict = self.verifier.check(
-                query.prompt_text, entry.prompt_text, candidate.similarity
+                query.prompt_text,
+                entry.prompt_text,
+                candidate.similarity,
+                query_vector=vector,
+                candidate_vector=np.frombuffer(entry.vector, dtype=np.float32)
+                if entry.vector
+                else None,
             )
             if verdict.accepted:
                 self._spawn(self.store.touch([entry.entry_id], now))

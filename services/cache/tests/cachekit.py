@@ -39,7 +39,14 @@ class FakeVerifier:
         self.floor = floor
         self.calls: list[tuple[str, str, float]] = []
 
-    def check(self, query: str, candidate: str, similarity: float) -> Verdict:
+    def check(
+        self,
+        query: str,
+        candidate: str,
+        similarity: float,
+        query_vector: object = None,
+        candidate_vector: object = None,
+    ) -> Verdict:
         self.calls.append((query, candidate, similarity))
         if similarity < self.floor:
             return Verdict(False, 0.0, "below_min_similarity")
