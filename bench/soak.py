@@ -36,6 +36,7 @@ from functools import partial
 
 import aiohttp
 import psutil
+import redis
 
 from deploy.local.procs import (
     PYTHON,
@@ -63,6 +64,7 @@ GROWTH_LIMIT = 0.10
 class Stack:
     procs: dict[str, Proc] = field(default_factory=dict)
     gateway_url: str = ""
+    redis_port: int = 0
 
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
@@ -77,8 +79,9 @@ def _start(stack: Stack, name: str, proc: Proc, ready: object, timeout: float) -
 
 def start_stack(stack: Stack, ttl_s: int) -> None:
     ports = {n: free_port() for n in ("redis", "embedder", "cache", "mock-1", "mock-2", "gateway")}
-    redis = redis_proc(ports["redis"], log_dir=LOG_DIR)
-    _start(stack, "redis", redis, redis_ready(ports["redis"]), 15)
+    stack.redis_port = ports["redis"]
+    server = redis_proc(ports["redis"], log_dir=LOG_DIR)
+    _start(stack, "redis", server, redis_ready(ports["redis"]), 15)
 
     def proc(name: str, module: str, **env: str) -> Proc:
         return Proc(name, [PYTHON, "-m", module], env=env, log_dir=LOG_DIR)
@@ -276,6 +279,45 @@ def memory_rows(
     return rows, grew
 
 
+def minute_rows(series: dict[str, list[tuple[float, int]]], start: float) -> list[str]:
+    """Median RSS (MiB) of each service in each minute of the run: the trend."""
+    minutes = int(max(t for points in series.values() for t, _ in points) - start) // 60 + 1
+    lines = [
+        "| service | " + " | ".join(f"min {m + 1}" for m in range(minutes)) + " |",
+        "|---|" + "---|" * minutes,
+    ]
+    for name, points in series.items():
+        cells = []
+        for m in range(minutes):
+            values = [v for t, v in points if m * 60 <= t - start < (m + 1) * 60 and v > 0]
+            cells.append(mib(statistics.median(values)) if values else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def redis_rows(port: int) -> list[str]:
+    """Where Redis's memory is at the end: bytes per kind of key (MEMORY USAGE)."""
+    client = redis.Redis(port=port)
+    try:
+        sizes: Counter[str] = Counter()
+        counts: Counter[str] = Counter()
+        for key in client.scan_iter(count=1000):
+            name = key.decode(errors="replace")
+            kind = name.split("}", 1)[-1].lstrip(":").split(":", 1)[0]
+            sizes[kind] += int(client.memory_usage(key) or 0)
+            counts[kind] += 1
+        used = int(client.info("memory")["used_memory"])
+        lines = [f"Redis at the end: used_memory {mib(used)} MiB.", ""]
+        lines += ["| key kind | keys | MiB |", "|---|---|---|"]
+        lines += [f"| {k} | {counts[k]} | {mib(v)} |" for k, v in sizes.most_common(8)]
+        for key in client.scan_iter(match="*stream*", count=1000):
+            if client.type(key) == b"stream":
+                lines.append(f"\n{key.decode()}: {client.xlen(key)} messages")
+        return lines
+    finally:
+        client.close()
+
+
 def request_table(
     outcomes: list[Outcome], windows: list[tuple[float, float]]
 ) -> tuple[list[str], int]:
@@ -332,6 +374,10 @@ async def soak(stack: Stack, args: argparse.Namespace) -> int:
     print()
     lines, unexpected = request_table(outcomes, windows)
     print("\n".join(lines))
+    print("\nRSS per minute (median, MiB):\n")
+    print("\n".join(minute_rows(series, start)))
+    print()
+    print("\n".join(redis_rows(stack.redis_port)))
     return 1 if unexpected or grew else 0
 
 
