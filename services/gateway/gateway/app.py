@@ -17,10 +17,12 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from gateway.api.admin import admin_router
+from gateway.api import openapi
+from gateway.api.admin import InvalidateBody, admin_router
 from gateway.api.body import describe
 from gateway.api.completions import completions_routes
 from gateway.api.embeddings import embeddings_router
+from gateway.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.api.system import system_router
 from gateway.asgi import HotPaths
 from gateway.balance.breaker import BreakerConfig
@@ -175,7 +177,10 @@ def create_app(
     install_error_handlers(app)
     app.state.pool = pool
     app.state.metrics = metrics
-    return HotPaths(app, hot, error_response)
+    openapi.install(
+        app, [ChatCompletionRequest, CompletionRequest, EmbeddingRequest, InvalidateBody]
+    )
+    return HotPaths(app, hot, error_response, max_header_bytes=settings.max_header_bytes)
 
 
 def error_response(request: Request, exc: Exception) -> Response:

@@ -18,18 +18,35 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from gateway.errors import HeadersTooLarge
+
 Handler = Callable[[Request], Awaitable[Response]]
 OnError = Callable[[Request, Exception], Response]
 
 
 class HotPaths:
-    def __init__(self, app: FastAPI, routes: dict[str, Handler], on_error: OnError) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        routes: dict[str, Handler],
+        on_error: OnError,
+        *,
+        max_header_bytes: int,
+    ) -> None:
         self.app = app
         self._routes = routes
         self._on_error = on_error
+        self._max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
+            if scope["type"] == "http" and _header_bytes(scope) > self._max_header_bytes:
+                request = Request(scope, receive)
+                error = HeadersTooLarge(
+                    f"Request headers are over the limit of {self._max_header_bytes} bytes"
+                )
+                await self._on_error(request, error)(scope, receive, send)
+                return
             if scope["type"] == "http" and scope["method"] == "POST":
                 handler = self._routes.get(scope["path"])
                 if handler is not None:
@@ -53,3 +70,7 @@ class HotPaths:
     def __getattr__(self, name: str) -> Any:
         # ``state``, ``router``, ``openapi()``... are the FastAPI app's.
         return getattr(self.app, name)
+
+
+def _header_bytes(scope: Any) -> int:
+    return sum(len(k) + len(v) + 4 for k, v in scope["headers"])

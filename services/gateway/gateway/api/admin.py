@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from gateway.api import openapi
 from gateway.api.body import parse, read_body
 from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.cache.keys import chat_key, completion_key
@@ -54,7 +55,7 @@ def admin_router(
             raise DependencyUnavailable("No cache service is configured on this gateway")
         return client
 
-    @router.get("/cache/stats")
+    @router.get("/cache/stats", responses=openapi.ADMIN_RESPONSES)
     async def stats(request: Request) -> Response:
         reply = await (await authorize(request)).stats()
         body = {
@@ -68,7 +69,11 @@ def admin_router(
         }
         return RawResponse(orjson.dumps(body), 200, "application/json")
 
-    @router.post("/cache/invalidate")
+    @router.post(
+        "/cache/invalidate",
+        responses=openapi.ADMIN_RESPONSES,
+        openapi_extra=openapi.body(InvalidateBody),
+    )
     async def invalidate(request: Request) -> Response:
         client = await authorize(request)
         req = parse(InvalidateBody, await read_body(request, settings.max_body_bytes))

@@ -9,16 +9,10 @@ from typing import TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from gateway.errors import HeadersTooLarge, InvalidRequest, PayloadTooLarge
+from gateway.errors import InvalidRequest, PayloadTooLarge
 
 Model = TypeVar("Model", bound=BaseModel)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-
-
-def check_headers(request: Request, limit: int) -> None:
-    size = sum(len(k) + len(v) + 4 for k, v in request.scope["headers"])
-    if size > limit:
-        raise HeadersTooLarge(f"Request headers are over the limit of {limit} bytes")
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway.api.body import check_headers, parse, read_body, request_id
+from gateway.api import openapi
+from gateway.api.body import parse, read_body, request_id
+from gateway.api.openapi import COMPLETION_RESPONSES
 from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.asgi import Handler
 from gateway.cache.keys import prompt_text
@@ -17,23 +19,6 @@ from gateway.serving import Completions
 from gateway.settings import GatewaySettings
 from gateway.tenancy import Tenant
 from gateway.tracing import Tracing
-
-ERRORS: dict[int | str, dict[str, object]] = {
-    400: {"description": "Malformed JSON or an invalid field (OpenAI error object)"},
-    401: {"description": "Missing or unknown API key"},
-    404: {"description": "Unknown model"},
-    413: {"description": "Body over the size limit"},
-    429: {"description": "The tenant's rate or stream limit (Retry-After)"},
-    431: {"description": "Headers over the size limit"},
-    502: {"description": "Every model server failed"},
-    503: {"description": "No backend available, or the gateway is shedding load (Retry-After)"},
-    504: {"description": "The model server did not answer in time"},
-}
-
-
-def openapi_body(model: type) -> dict[str, object]:
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")  # type: ignore[attr-defined]
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def completions_routes(
@@ -53,7 +38,6 @@ def completions_routes(
         """Request id, header limits, then the caller's key and limits: before any body."""
         rid = request_id(request)
         request.state.request_id = rid
-        check_headers(request, settings.max_header_bytes)
         return rid, await gate.enter(request)
 
     async def serve(
@@ -97,7 +81,9 @@ def completions_routes(
         )
 
     @router.post(
-        "/v1/chat/completions", responses=ERRORS, openapi_extra=openapi_body(ChatCompletionRequest)
+        "/v1/chat/completions",
+        responses=COMPLETION_RESPONSES,
+        openapi_extra=openapi.body(ChatCompletionRequest),
     )
     async def chat_completions(request: Request) -> Response:
         rid, tenant = await enter(request)
@@ -106,7 +92,11 @@ def completions_routes(
         check_limits(req.token_limit(), len(req.messages))
         return await serve(request, "/v1/chat/completions", body, req, rid, tenant)
 
-    @router.post("/v1/completions", responses=ERRORS, openapi_extra=openapi_body(CompletionRequest))
+    @router.post(
+        "/v1/completions",
+        responses=COMPLETION_RESPONSES,
+        openapi_extra=openapi.body(CompletionRequest),
+    )
     async def completions_route(request: Request) -> Response:
         rid, tenant = await enter(request)
         body = await read_body(request, limit)

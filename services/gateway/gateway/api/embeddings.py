@@ -11,8 +11,8 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from gateway.api import openapi
 from gateway.api.body import parse, read_body, request_id
-from gateway.api.completions import ERRORS, openapi_body
 from gateway.api.schemas import EmbeddingRequest
 from gateway.clients.embedder import EmbedderClient
 from gateway.errors import DependencyUnavailable, ModelNotFound
@@ -30,7 +30,9 @@ def embeddings_router(
 ) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/v1/embeddings", responses=ERRORS, openapi_extra=openapi_body(EmbeddingRequest))
+    @router.post(
+        "/v1/embeddings", responses=openapi.ERRORS, openapi_extra=openapi.body(EmbeddingRequest)
+    )
     async def embeddings(request: Request) -> Response:
         rid = request_id(request)
         request.state.request_id = rid

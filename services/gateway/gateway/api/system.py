@@ -55,7 +55,11 @@ def system_router(
         }
         return RawResponse(orjson.dumps(body), 200 if ready else 503, "application/json")
 
-    @router.get("/metrics")
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+    )
     async def prometheus_metrics() -> Response:
         metrics.backends.refresh(pool.snapshot())
         return Response(generate_latest(scrape), media_type=CONTENT_TYPE_LATEST)

@@ -17,6 +17,7 @@ prompts, or token-id prompts are exact-only.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,10 @@ class CacheKey:
 
 
 def _digest(value: Any) -> str:
-    canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    try:
+        canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson stops at 64-bit integers; JSON itself does not
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical).hexdigest()[:40]
 
 
