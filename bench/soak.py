@@ -139,7 +139,7 @@ def make_request(rng: random.Random, n: int, fault_ratio: float) -> Request:
     stream = rng.random() < 0.5
     fault = rng.choice(FAULTS) if rng.random() < fault_ratio else ""
     if fault == "hang" and not stream:
-        fault = "slow:300"  # a hung non-streamed attempt is bounded only by the total timeout
+        fault = "slow:300"  # a hung non-streamed attempt waits GATEWAY_UNARY_TIMEOUT_S (120 s)
     body = {
         "model": MODEL,
         "stream": stream,
