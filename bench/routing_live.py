@@ -5,27 +5,33 @@ behind one gateway, under a closed loop of streaming chat requests
 (``bench.loadgen``, 16 workers by default). Runs:
 
 * **a / b**: three healthy replicas (a) against one made ten times slower to
-  its first token (b), measured in slices in the order a b b a a b b a (a
-  warm-up before each) so that drift in background load falls on both alike. Both gateways
-  set ``GATEWAY_DEFAULT_RTT_S`` near the mock's real TTFT (``FITTED``), as an
-  operator would for a fleet this fast; every other setting is the default.
-* **b cold**: as b, but a fresh gateway with every default, first seconds of
-  traffic only: how long a 0.5 s default RTT hides a slow replica.
-* **c**: three healthy replicas, ``FITTED`` otherwise defaults (``--gateway-env``
-  adds settings); one replica is killed
-  (SIGKILL) mid-run and restarted later on the same port. Reports client
-  errors before and after streaming began, and when the victim's breaker
-  opened, went half-open and closed, and when it served again.
+  its first token (b), b once per decode weight (``DECODE_WEIGHTS``: 1, which
+  suits servers that run one request at a time, and the default, which suits
+  continuous batching), measured in slices in the order ``ORDER`` (a warm-up
+  before each) so that drift in background load falls on all alike. Every
+  other setting is the default.
+* **b cold**: as b, a fresh gateway with every default, first seconds of
+  traffic only: how long before the slow replica is told apart.
+* **c**: three healthy replicas, defaults (``--gateway-env`` adds settings);
+  one replica is killed (SIGKILL) mid-run and restarted later on the same
+  port. Reports client errors before and after streaming began, and when the
+  victim's breaker opened, went half-open and closed, and when it served again.
 
 Shares come from the gateway's ``gateway_upstream_attempts_total`` read at
 each window's edges; TTFT is measured by the client. Run with
-``python -m bench.routing_live`` (about two minutes; ``--help`` for knobs).
+``python -m bench.routing_live`` (about two and a half minutes; ``--help``).
+
+The a/b gateways are started by this module (``--serve-gateway``): the same
+app and server options as ``python -m gateway``, with the pool's decode
+weight given on the command line, so that both weights can be measured
+whether or not the gateway's settings expose it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import json
 import math
@@ -35,10 +41,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
 import aiohttp
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.loadgen import (
@@ -53,6 +60,11 @@ from bench.loadgen import (
 )
 from bench.proxy import machine
 from deploy.local.procs import PYTHON, ROOT, Proc, free_port, http_ok
+from gateway.app import create_app, pool_config
+from gateway.balance import Pool
+from gateway.balance.pool import DECODE_WEIGHT
+from gateway.settings import GatewaySettings
+from llmgw_common.logs import configure_logging
 
 MODEL = "mock-llama-3-8b"
 MOCK_ENV = {
@@ -64,12 +76,14 @@ MOCK_ENV = {
     "MOCKLLM_LOG_LEVEL": "warning",
 }
 SLOW_TTFT_MS = 200
-FITTED = {"GATEWAY_DEFAULT_RTT_S": "0.05"}  # a cold endpoint's cost, near the fleet's TTFT
+DECODE_WEIGHTS = {"B": 1.0, "b": DECODE_WEIGHT}  # run key -> PoolConfig.decode_weight
 LOG_DIR = ROOT / "var" / "log" / "bench-routing"
 PATH = "/v1/chat/completions"
 TARGET_SLOW_SHARE = 0.10
 TARGET_P99_RATIO = 1.5
-ORDER = "abbaabba"  # slices of runs a and b: drift in background load falls on both
+# Slices of runs a, B (decode weight 1) and b (default): each B or b slice is
+# next to, or one from, an a slice, and drift in background load falls on all.
+ORDER = "aBbbBaaBbbBa"
 SLOW_MARK_S = 0.1  # a first token later than this counts as "slow" in the table
 
 
@@ -90,8 +104,18 @@ def healthy(url: str) -> Callable[[], bool]:
     return lambda: http_ok(f"{url}/health")
 
 
-def start_stack(tag: str, *, slow: bool, gateway_env: dict[str, str], procs: list[Proc]) -> Stack:
-    """Three mock replicas (the third slow if asked) and a gateway, all on free ports."""
+def start_stack(
+    tag: str,
+    *,
+    slow: bool,
+    gateway_env: dict[str, str],
+    procs: list[Proc],
+    decode_weight: float | None = None,
+) -> Stack:
+    """Three mock replicas (the third slow if asked) and a gateway, all on free ports.
+
+    With ``decode_weight`` the gateway is started by :func:`serve_gateway`.
+    """
     replicas = []
     for i in range(3):
         port = free_port()
@@ -106,7 +130,10 @@ def start_stack(tag: str, *, slow: bool, gateway_env: dict[str, str], procs: lis
     port = free_port()
     backends = [{"url": url, "models": [MODEL]} for _, url in replicas]
     env = {"GATEWAY_PORT": str(port), "GATEWAY_BACKENDS": json.dumps(backends), **gateway_env}
-    gateway = Proc(f"{tag}-gateway", [PYTHON, "-m", "gateway"], env=env, log_dir=LOG_DIR)
+    argv = [PYTHON, "-m", "gateway"]
+    if decode_weight is not None:
+        argv = [PYTHON, "-m", "bench.routing_live", "--serve-gateway", str(decode_weight)]
+    gateway = Proc(f"{tag}-gateway", argv, env=env, log_dir=LOG_DIR)
     procs.append(gateway.start())
     url = f"http://127.0.0.1:{port}"
     gateway.wait_until(lambda: http_ok(f"{url}/readyz"), timeout=30)
@@ -189,7 +216,7 @@ async def measure(
             MODEL,
             args.concurrency,
             warmup_s=args.warmup,
-            duration_s=args.duration / ORDER.count("a"),
+            duration_s=args.duration / ORDER.count("a"),  # every run has as many slices
             on_window_start=edge,
             on_window_end=edge,
             counter=counter,
@@ -203,7 +230,7 @@ async def measure(
 
 def share_table(cells: list[Run]) -> str:
     head = (
-        "| run | streams | errors | share r1 | share r2 | share r3 (slow in b) "
+        "| run | streams | errors | share r1 | share r2 | share r3 (slow in b, B) "
         f"| TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | TTFT > {SLOW_MARK_S * 1000:.0f} ms "
         "| host busy |"
     )
@@ -223,44 +250,53 @@ def slice_p99(result: SliceResult) -> float:
 
 
 def verdict(healthy: Run, slow: Run, ratios: list[float]) -> list[str]:
-    """The issue's targets; the p99 ratio is the median over adjacent a/b slice pairs."""
+    """The issue's targets; the p99 ratio is the median over slices, each against its a."""
     ratio = statistics.median(ratios)
     share = slow.share(2)
     each = ", ".join(f"{r:.2f}" for r in ratios)
+    name = slow.target.split(":")[0]
     return [
-        f"slow replica share {100 * share:.1f}% (target < {100 * TARGET_SLOW_SHARE:.0f}%): "
+        f"{name}: slow replica share {100 * share:.2f}% "
+        f"(target < {100 * TARGET_SLOW_SHARE:.0f}%): "
         + ("met" if share < TARGET_SLOW_SHARE else "MISSED"),
-        f"TTFT p99 b / a, pooled: {slow.ttft_ms(99):.1f} / {healthy.ttft_ms(99):.1f} ms "
-        f"= {slow.ttft_ms(99) / healthy.ttft_ms(99):.2f}x; per adjacent a/b slice pair: {each}",
-        f"TTFT p99 b / a, median of the pairs: {ratio:.2f}x (target <= {TARGET_P99_RATIO}x): "
-        + ("met" if ratio <= TARGET_P99_RATIO else "MISSED"),
+        f"{name}: TTFT p99 {name} / a, pooled: {slow.ttft_ms(99):.1f} / "
+        f"{healthy.ttft_ms(99):.1f} ms = {slow.ttft_ms(99) / healthy.ttft_ms(99):.2f}x; "
+        f"per slice against the nearest a slice: {each}",
+        f"{name}: TTFT p99 {name} / a, median of the slices: {ratio:.2f}x "
+        f"(target <= {TARGET_P99_RATIO}x): " + ("met" if ratio <= TARGET_P99_RATIO else "MISSED"),
     ]
 
 
-async def run_ab(a: Stack, b: Stack, args: argparse.Namespace) -> tuple[Run, Run, list[float]]:
-    """Slices in the order ``ORDER``; each adjacent pair gives one p99 ratio b / a."""
-    cells = {
-        "a": Run(args.concurrency, "a: 3 healthy", urls=a.urls),
-        "b": Run(args.concurrency, "b: 1 slow (10x TTFT)", urls=b.urls),
-    }
-    stacks = {"a": a, "b": b}
+def nearest_a(i: int) -> int:
+    """The index in ``ORDER`` of the a slice closest to slice ``i`` (earlier on a tie)."""
+    return min((j for j, key in enumerate(ORDER) if key == "a"), key=lambda j: (abs(j - i), j))
+
+
+async def run_ab(
+    stacks: dict[str, Stack], args: argparse.Namespace
+) -> tuple[dict[str, Run], dict[str, list[float]]]:
+    """Slices in the order ``ORDER``; each B or b slice gives one p99 ratio to its nearest a."""
+    cells = {"a": Run(args.concurrency, "a: 3 healthy", urls=stacks["a"].urls)}
+    for key, weight in DECODE_WEIGHTS.items():
+        target = f"{key}: 1 slow (10x TTFT), decode weight {weight:g}"
+        cells[key] = Run(args.concurrency, target, urls=stacks[key].urls)
     counter = itertools.count()
     p99: list[float] = []
     for key in ORDER:
         await measure(cells[key], stacks[key].gateway, args, counter)
         p99.append(slice_p99(cells[key].slices[-1]))
-    ratios = []
-    for i in range(0, len(ORDER), 2):
-        by_key = {ORDER[i]: p99[i], ORDER[i + 1]: p99[i + 1]}
-        ratios.append(by_key["b"] / by_key["a"])
-    return cells["a"], cells["b"], ratios
+    ratios: dict[str, list[float]] = {key: [] for key in DECODE_WEIGHTS}
+    for i, key in enumerate(ORDER):
+        if key != "a":
+            ratios[key].append(p99[i] / p99[nearest_a(i)])
+    return cells, ratios
 
 
 async def run_cold(stack: Stack, args: argparse.Namespace) -> Run:
     cell = Run(args.concurrency, f"b cold: defaults, first {args.cold:g} s", urls=stack.urls)
     cold = argparse.Namespace(
         **{**vars(args), "warmup": 0.0, "duration": ORDER.count("a") * args.cold}
-    )
+    )  # one slice of args.cold seconds
     await measure(cell, stack.gateway, cold, itertools.count(10**9))
     return cell
 
@@ -377,7 +413,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.routing_live", description=doc)
     p.add_argument("--runs", type=lambda v: v.split(","), default=["ab", "c"], help="ab,c")
     p.add_argument("--concurrency", type=int, default=16, help="closed-loop workers")
-    p.add_argument("--duration", type=float, default=16.0, help="measured s per run (a, b)")
+    p.add_argument("--duration", type=float, default=16.0, help="measured s per run (a, B, b)")
     p.add_argument("--warmup", type=float, default=1.5, help="unmeasured s before each slice")
     p.add_argument("--cold", type=float, default=8.0, help="s measured from a cold gateway")
     p.add_argument("--kill-after", type=float, default=4.0, help="c: load s before the kill")
@@ -387,29 +423,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gateway-env",
         type=json.loads,
         default={},
-        help='GATEWAY_ settings for run c on top of FITTED, JSON: {"GATEWAY_EWMA_TAU_S": "1"}',
+        help='GATEWAY_ settings for run c, JSON: {"GATEWAY_EWMA_TAU_S": "1"}',
+    )
+    p.add_argument(
+        "--serve-gateway",
+        type=float,
+        metavar="DECODE_WEIGHT",
+        help="internal: serve the gateway (GATEWAY_ settings) with this pool decode weight",
     )
     return p.parse_args(argv)
 
 
 async def run_ab_tables(args: argparse.Namespace, procs: list[Proc]) -> None:
-    a = start_stack("a", slow=False, gateway_env=FITTED, procs=procs)
-    b = start_stack("b", slow=True, gateway_env=FITTED, procs=procs)
-    healthy, slow, ratios = await run_ab(a, b, args)
+    a = start_stack("a", slow=False, gateway_env={}, procs=procs, decode_weight=DECODE_WEIGHT)
+    stacks = {"a": a}
+    for key, weight in DECODE_WEIGHTS.items():
+        stacks[key] = start_stack(key, slow=True, gateway_env={}, procs=procs, decode_weight=weight)
+    cells, ratios = await run_ab(stacks, args)
     cold = await run_cold(start_stack("cold", slow=True, gateway_env={}, procs=procs), args)
     print(f"\n## a / b: share and time to first token, {args.concurrency} streams in flight\n")
-    print(share_table([healthy, slow, cold]))
+    print(share_table([*cells.values(), cold]))
     print()
-    for line in verdict(healthy, slow, ratios):
-        print(line)
+    for key in DECODE_WEIGHTS:
+        for line in verdict(cells["a"], cells[key], ratios[key]):
+            print(line)
+    print(f"b cold: slow replica share {100 * cold.share(2):.2f}%")
 
 
 async def run_c_tables(args: argparse.Namespace, procs: list[Proc]) -> None:
-    env = {**FITTED, **args.gateway_env}
+    env = dict(args.gateway_env)
     out = await run_outage(start_stack("c", slow=False, gateway_env=env, procs=procs), args)
-    shown = " ".join(f"{k}={v}" for k, v in env.items())
+    shown = " ".join(f"{k}={v}" for k, v in env.items()) or "defaults"
     print(f"\n## c: one of three replicas killed and restarted ({shown})\n")
     print(outage_tables(out))
+
+
+def serve_gateway(decode_weight: float) -> None:
+    """``python -m gateway`` for one worker, with the pool's decode weight set."""
+    gc.set_threshold(10_000, 20, 20)  # as gateway.__main__
+    settings = GatewaySettings()
+    configure_logging("gateway", settings.log_level)
+    pool = Pool(replace(pool_config(settings), decode_weight=decode_weight))
+    app = create_app(settings, pool=pool)
+    uvicorn.run(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
 
 
 def stop_all(procs: list[Proc]) -> None:
@@ -424,6 +489,9 @@ def _terminate(signum: int, _frame: object) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.serve_gateway is not None:
+        serve_gateway(args.serve_gateway)
+        return 0
     signal.signal(signal.SIGTERM, _terminate)
     info = machine()
     print(f"# bench.routing_live  {info['date']}")
@@ -431,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}; Python {info['python']}; load {load}")
     print(
         f"mock: 32 tokens, 20 ms TTFT ({SLOW_TTFT_MS} ms when slow), 5 ms between tokens; "
-        f"a/b gateways: {' '.join(f'{k}={v}' for k, v in FITTED.items())}; "
+        f"gateways: default settings, decode weight {DECODE_WEIGHT:g} unless shown; "
         f"{args.duration:g} s measured per run in slices {ORDER}; logs in {LOG_DIR}",
         flush=True,
     )

@@ -25,10 +25,10 @@ from deploy.local.procs import Proc, http_ok
 
 MODEL = "mock-llama-3-8b"
 FAST = {"ttft_ms": 20, "inter_token_ms": 5, "output_tokens": 16}
-# The router's time constants scaled down so that a breaker cycle takes seconds:
-# with the defaults (5 s failure penalty, tau 10 s) the EWMA keeps a failed
-# replica away for tens of seconds, longer than its 5 s ejection (see
-# docs/routing.md). Three failures eject: a kill cuts only the streams in flight.
+# The router's time constants scaled down so that a whole eject-probe-rejoin
+# cycle takes seconds (defaults: 5 s ejection, doubled per failed probe, and a
+# 5 s failure penalty that keeps a replica away until its breaker opens).
+# Three failures eject: a kill cuts only the streams in flight.
 SCALED = {
     "ewma_tau_s": 1,
     "failure_penalty_s": 1,
@@ -186,17 +186,23 @@ def failed(answers: list[Answer]) -> list[Answer]:
 def test_a_ten_times_slower_replica_gets_a_small_share(stack: Stack) -> None:
     urls = [stack.mock(f"fast{i}", **FAST)[1] for i in range(2)]
     _, slow = stack.mock("slow", **{**FAST, "ttft_ms": 200})
-    # The cold cost is set near the fleet's real TTFT (see docs/routing.md:
-    # from the 0.5 s default, samples below it take ~tau*ln(25) to be believed).
-    _, gw = stack.gateway([*urls, slow], default_rtt_s=0.05)
+    # Every setting at its default: the cold cost gives way to the first
+    # samples, and streams past their first token weigh the default decode
+    # weight (continuous batching, as the mock does).
+    _, gw = stack.gateway([*urls, slow])
     asyncio.run(drive(gw, workers=8, max_requests=150, max_seconds=15, streams=always))  # warm
     before = scrape(gw)
-    answers = asyncio.run(drive(gw, workers=8, max_requests=300, max_seconds=15, streams=always))
+    answers = asyncio.run(drive(gw, workers=8, max_requests=400, max_seconds=15, streams=always))
     after = scrape(gw)
     assert failed(answers) == []
     served = {u: successes(after, u) - successes(before, u) for u in [*urls, slow]}
     assert sum(served.values()) == len(answers)
     share = served[slow] / len(answers)
+    # The target. Typically 0-1 % here (3-8 % before the decode
+    # weight); a tighter bound is not asserted because on a starved shared
+    # host the "fast" replicas really are slow for seconds at a time, and
+    # then the router rightly uses the slow one (up to 6 % measured, see
+    # docs/routing.md).
     assert share < 0.10, f"slow replica share {share:.1%}: {served}"
     # The two healthy replicas share the rest roughly evenly.
     assert min(served[u] for u in urls) > 0.3 * len(answers)
@@ -271,13 +277,35 @@ def test_a_hung_replica_times_out_is_ejected_and_clients_see_no_errors(stack: St
     urls = [stack.mock(f"ok{i}", **FAST)[1] for i in range(2)]
     _, hung = stack.mock("hung", **FAST, fault="hang")
     _, gw = stack.gateway([*urls, hung], **SCALED, ttft_timeout_s=0.5)
-    answers = asyncio.run(drive(gw, workers=6, max_requests=150, max_seconds=30, streams=always))
-    assert len(answers) == 150
-    assert failed(answers) == []
+    stop = False
+
+    def ejected() -> None:
+        nonlocal stop
+        try:
+            wait_for(
+                "the hung replica ejected",
+                lambda: total(scrape(gw), "gateway_backend_ejections", endpoint=hung) >= 1,
+                30,
+            )
+        finally:
+            stop = True
+
+    async def scenario() -> list[Answer]:
+        # Streams only: a non-streamed request sent to a hung replica is not
+        # bounded by the TTFT timeout (see the xfail test below). Once its
+        # first timeouts have made it costly, the hung replica is only tried
+        # again when that cost has decayed, so load runs until it is ejected.
+        load = drive(
+            gw, workers=6, max_requests=5000, max_seconds=40, stop=lambda: stop, streams=always
+        )
+        answers, _ = await asyncio.gather(load, asyncio.to_thread(ejected))
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers and failed(answers) == []
     m = scrape(gw)
     timeouts = total(m, "gateway_upstream_attempts_total", endpoint=hung, outcome="timeout")
     assert timeouts >= 3
-    assert total(m, "gateway_backend_ejections", endpoint=hung) >= 1
     assert successes(m, hung) == 0
 
 

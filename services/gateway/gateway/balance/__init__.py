@@ -5,9 +5,10 @@ as an argument and a seeded ``random.Random`` so they can be tested with a fake
 clock.
 """
 
+from gateway.balance.endpoint import EndpointSpec
 from gateway.balance.errors import BalanceError, NoEndpoint, UnknownModel
 from gateway.balance.outcome import ErrorKind, Outcome, classify
-from gateway.balance.pool import EndpointSpec, EndpointState, Lease, Pool, PoolConfig
+from gateway.balance.pool import EndpointState, Lease, Pool, PoolConfig
 
 __all__ = [
     "BalanceError",

@@ -24,7 +24,8 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 import aiohttp
 import structlog
 
-from gateway.balance.pool import EndpointSpec, Pool
+from gateway.balance.endpoint import EndpointSpec
+from gateway.balance.pool import Pool
 
 log = structlog.get_logger(__name__)
 

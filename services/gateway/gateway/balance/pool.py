@@ -1,15 +1,18 @@
 """The endpoint pool: the one object the proxy asks "where should this go?".
 
-It owns the clock (injected) and the per-endpoint state: a Peak EWMA cost, a
-pending count, a circuit breaker, a Retry-After deadline and optional engine
-stats. ``acquire`` picks an endpoint with power of two choices over
-``load = cost * (pending + 1 + engine_extra)`` among the endpoints that serve the
-model and that the breaker allows, and returns a :class:`Lease`. ``cost`` is
-the Peak EWMA estimate, floored by how long the endpoint's oldest unanswered
-attempt has been waiting for its first token. The proxy
-calls ``lease.first_token()`` when the first token (or the whole unary body)
-arrives, which records the latency sample, and ``lease.release(outcome)`` in a
-``finally`` when the response ends, which drops the pending count.
+It owns the clock (injected) and the endpoints (:mod:`gateway.balance.endpoint`:
+two Peak EWMA costs, the attempts in flight, a circuit breaker, a Retry-After
+deadline and optional engine stats). ``acquire`` picks, with power of two
+choices, the endpoint of lower ``load = cost * (waiting + decode_weight *
+decoding + 1 + engine_extra)`` among those that serve the model and that the
+breaker allows, and returns a :class:`Lease`. A streamed request is routed by
+time to first token, a non-streamed one by whole-response time.
+
+The proxy calls ``lease.first_token()`` when a stream's first token arrives,
+which records the TTFT sample and moves the attempt from waiting to decoding,
+and ``lease.release(outcome)`` in a ``finally`` when the response ends, which
+drops it from the load (and, for a non-streamed answer, records the
+whole-response sample).
 
 No I/O, no logging: ``acquire`` runs once per request and usually looks at two
 endpoints only.
@@ -19,34 +22,22 @@ from __future__ import annotations
 
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from gateway.balance.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from gateway.balance.engine import EngineConfig, EngineStats, extra_pending
+from gateway.balance.breaker import BreakerConfig, BreakerState
+from gateway.balance.endpoint import Endpoint, EndpointSpec
+from gateway.balance.engine import EngineConfig, EngineStats
 from gateway.balance.errors import NoEndpoint, UnknownModel
 from gateway.balance.outcome import Outcome
 from gateway.balance.p2c import PowerOfTwoChoices, two_distinct
-from gateway.balance.peak_ewma import PeakEwma
 from gateway.balance.retry_budget import RetryBudget, RetryBudgetConfig
+
+__all__ = ["EndpointSpec", "EndpointState", "Lease", "Pool", "PoolConfig"]
 
 Clock = Callable[[], float]
 
-
-@dataclass(frozen=True)
-class EndpointSpec:
-    """One backend replica. ``url`` is the base URL without ``/v1``."""
-
-    url: str
-    models: tuple[str, ...]
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "url", self.url.rstrip("/"))
-        object.__setattr__(self, "models", tuple(self.models))
-        if not self.name:
-            object.__setattr__(self, "name", self.url)
+DECODE_WEIGHT = 0.1  # see docs/routing.md, "decode weight"
 
 
 @dataclass(frozen=True)
@@ -54,6 +45,10 @@ class PoolConfig:
     tau_s: float = 10.0  # Peak EWMA decay time
     default_rtt_s: float = 0.5  # cost of an endpoint never heard from
     penalty_s: float = 5.0  # latency sample recorded for a failure
+    # Weight in the load of a stream past its first token (one still waiting
+    # for it weighs 1): low for continuous-batching servers, 1 for servers
+    # that run one request at a time. See gateway.balance.endpoint.
+    decode_weight: float = DECODE_WEIGHT
     ttft_failure_limit_s: float = 30.0  # a slower first token counts as a failure
     default_retry_after_s: float = 1.0  # a 429 without Retry-After
     max_retry_after_s: float = 60.0
@@ -78,53 +73,12 @@ class EndpointState:
     rate_limited: bool
 
 
-class _Endpoint:
-    __slots__ = (
-        "avoid_until",
-        "breaker",
-        "draining",
-        "engine",
-        "ewma",
-        "pending",
-        "spec",
-        "waiting",
-    )
-
-    def __init__(self, spec: EndpointSpec, config: PoolConfig, now: float) -> None:
-        self.spec = spec
-        self.ewma = PeakEwma(config.tau_s, config.default_rtt_s, now)
-        self.breaker = CircuitBreaker(config.breaker, now)
-        self.pending = 0
-        self.draining = False
-        self.avoid_until = 0.0
-        self.engine: EngineStats | None = None
-        # Start times of attempts still waiting for their first token, oldest first.
-        self.waiting: OrderedDict[Lease, float] = OrderedDict()
-
-    def cost(self, now: float) -> float:
-        """The EWMA cost, but never less than the age of the oldest unanswered attempt.
-
-        An endpoint that has gone silent (a hung engine) would otherwise keep its
-        last good cost until its first slow answer or timeout arrives; how long
-        it has kept a request waiting is already a lower bound on its latency.
-        """
-        cost = self.ewma.cost(now)
-        if self.waiting:
-            waited = now - next(iter(self.waiting.values()))
-            if waited > cost:
-                return waited
-        return cost
-
-    def eligible(self, now: float) -> bool:
-        return now >= self.avoid_until and self.breaker.allows(now)
-
-
 class Lease:
     """One attempt on one endpoint. Release it exactly once, in a ``finally``."""
 
-    __slots__ = ("_ep", "_pool", "_released", "_start", "_ttft", "endpoint", "panic")
+    __slots__ = ("_ep", "_pool", "_released", "_start", "_ttft", "endpoint", "panic", "stream")
 
-    def __init__(self, pool: Pool, ep: _Endpoint, start: float, panic: bool) -> None:
+    def __init__(self, pool: Pool, ep: Endpoint, start: float, panic: bool, stream: bool) -> None:
         self._pool = pool
         self._ep = ep
         self._start = start
@@ -132,13 +86,19 @@ class Lease:
         self._released = False
         self.endpoint = ep.spec
         self.panic = panic
+        self.stream = stream
+        (ep.waiting if stream else ep.unary)[self] = start
 
     def first_token(self) -> None:
-        """Record the time to first token as the endpoint's latency sample (once)."""
-        if self._ttft is None and not self._released:
+        """A stream's first token: the TTFT sample, and the attempt is decoding now.
+
+        Once per attempt; a no-op for a non-streamed attempt, whose first
+        token is not seen (its sample is the whole response, at release).
+        """
+        if self.stream and self._ttft is None and not self._released:
             now = self._pool._clock()
             self._ttft = now - self._start
-            self._ep.ewma.observe(self._ttft, now)
+            self._ep.ttft.observe(self._ttft, now)
             self._ep.waiting.pop(self, None)
 
     def release(self, outcome: Outcome, retry_after_s: float | None = None) -> None:
@@ -147,7 +107,8 @@ class Lease:
             return
         self._released = True
         self._ep.waiting.pop(self, None)
-        self._pool._finish(self._ep, self._start, self._ttft, outcome, retry_after_s)
+        self._ep.unary.pop(self, None)
+        self._pool._finish(self, outcome, retry_after_s)
 
 
 class Pool:
@@ -164,8 +125,8 @@ class Pool:
         self._rng = rng if rng is not None else random.Random()
         self._p2c = PowerOfTwoChoices(self._rng)
         self._budget = RetryBudget(config.retry_budget)
-        self._endpoints: dict[str, _Endpoint] = {}
-        self._by_model: dict[str, list[_Endpoint]] = {}
+        self._endpoints: dict[str, Endpoint] = {}
+        self._by_model: dict[str, list[Endpoint]] = {}
         self.update(specs)
 
     # -- discovery -----------------------------------------------------------
@@ -182,7 +143,13 @@ class Pool:
         for name, spec in wanted.items():
             ep = self._endpoints.get(name)
             if ep is None:
-                self._endpoints[name] = _Endpoint(spec, self._config, now)
+                self._endpoints[name] = Endpoint(
+                    spec,
+                    tau_s=self._config.tau_s,
+                    default_rtt_s=self._config.default_rtt_s,
+                    breaker=self._config.breaker,
+                    now=now,
+                )
             else:
                 ep.spec = spec
                 ep.draining = False
@@ -194,7 +161,7 @@ class Pool:
         self._reindex()
 
     def _reindex(self) -> None:
-        by_model: dict[str, list[_Endpoint]] = {}
+        by_model: dict[str, list[Endpoint]] = {}
         for ep in self._endpoints.values():
             if not ep.draining:
                 for model in ep.spec.models:
@@ -224,29 +191,35 @@ class Pool:
         )
 
     def snapshot(self) -> list[EndpointState]:
+        """Per endpoint, as a stream would see it (its TTFT cost and load)."""
         now = self._clock()
-        return [
-            EndpointState(
-                name=ep.spec.name,
-                url=ep.spec.url,
-                models=ep.spec.models,
-                cost=ep.ewma.cost(now),
-                load=self._load(ep, now),
-                pending=ep.pending,
-                breaker=str(ep.breaker.state(now)),
-                ejections=ep.breaker.ejections,
-                draining=ep.draining,
-                rate_limited=now < ep.avoid_until,
+        states = []
+        for ep in sorted(self._endpoints.values(), key=lambda e: e.spec.name):
+            ep.sync(now)
+            states.append(
+                EndpointState(
+                    name=ep.spec.name,
+                    url=ep.spec.url,
+                    models=ep.spec.models,
+                    cost=ep.ttft.cost(now),
+                    load=self._load(ep, now, stream=True),
+                    pending=ep.pending,
+                    breaker=str(ep.breaker.state(now)),
+                    ejections=ep.breaker.ejections,
+                    draining=ep.draining,
+                    rate_limited=now < ep.avoid_until,
+                )
             )
-            for ep in sorted(self._endpoints.values(), key=lambda e: e.spec.name)
-        ]
+        return states
 
     # -- the request path ------------------------------------------------------
 
-    def acquire(self, model: str, exclude: Collection[str] = ()) -> Lease:
+    def acquire(self, model: str, exclude: Collection[str] = (), *, stream: bool = True) -> Lease:
         """Choose an endpoint for one attempt at ``model``.
 
-        ``exclude`` names endpoints this request already tried. Raises
+        ``exclude`` names endpoints this request already tried; ``stream``
+        says whether the answer is streamed (routed and sampled by time to
+        first token) or not (by whole-response time). Raises
         :class:`UnknownModel` if no endpoint serves the model and
         :class:`NoEndpoint` if all that do are excluded. When every candidate
         is ejected (or rate limited) the least bad one is chosen and the
@@ -258,31 +231,29 @@ class Pool:
         now = self._clock()
         self._budget.record_request(now)
         panic = False
-        ep = self._pick_fast(candidates, exclude, now)
+        ep = self._pick_fast(candidates, exclude, now, stream)
         if ep is None:
-            ep = self._pick_slow(candidates, exclude, now)
+            ep = self._pick_slow(candidates, exclude, now, stream)
         if ep is None:
-            ep = self._least_bad(candidates, exclude, now)
+            ep = self._least_bad(candidates, exclude, now, stream)
             panic = True
         if ep is None:
             raise NoEndpoint(model)
         ep.pending += 1
         ep.breaker.admit(now)
-        lease = Lease(self, ep, now, panic)
-        ep.waiting[lease] = now
-        return lease
+        return Lease(self, ep, now, panic, stream)
 
     def can_retry(self) -> bool:
         """Whether the retry budget allows one more retry; counts it when it does."""
         return self._budget.try_retry(self._clock())
 
-    def _load(self, ep: _Endpoint, now: float) -> float:
-        extra = extra_pending(ep.engine, now, self._config.engine) if ep.engine else 0.0
-        return ep.cost(now) * (ep.pending + 1 + extra)
+    def _load(self, ep: Endpoint, now: float, stream: bool) -> float:
+        config = self._config
+        return ep.load(now, stream=stream, decode_weight=config.decode_weight, engine=config.engine)
 
     def _pick_fast(
-        self, candidates: Sequence[_Endpoint], exclude: Collection[str], now: float
-    ) -> _Endpoint | None:
+        self, candidates: Sequence[Endpoint], exclude: Collection[str], now: float, stream: bool
+    ) -> Endpoint | None:
         """P2C over all candidates when both draws are usable (the common case).
 
         If either is not, the caller falls back to P2C over the usable ones;
@@ -300,53 +271,42 @@ class Pool:
             return None
         if not (a.eligible(now) and b.eligible(now)):
             return None
-        return b if self._load(b, now) < self._load(a, now) else a
+        return b if self._load(b, now, stream) < self._load(a, now, stream) else a
 
     def _pick_slow(
-        self, candidates: Sequence[_Endpoint], exclude: Collection[str], now: float
-    ) -> _Endpoint | None:
+        self, candidates: Sequence[Endpoint], exclude: Collection[str], now: float, stream: bool
+    ) -> Endpoint | None:
         usable = [e for e in candidates if e.spec.name not in exclude and e.eligible(now)]
         if not usable:
             return None
-        return self._p2c.pick(usable, lambda e: self._load(e, now))
+        return self._p2c.pick(usable, lambda e: self._load(e, now, stream))
 
     def _least_bad(
-        self, candidates: Sequence[_Endpoint], exclude: Collection[str], now: float
-    ) -> _Endpoint | None:
+        self, candidates: Sequence[Endpoint], exclude: Collection[str], now: float, stream: bool
+    ) -> Endpoint | None:
         """Panic choice: the endpoint that becomes eligible soonest, then the lightest."""
-        best: _Endpoint | None = None
+        best: Endpoint | None = None
         best_key = (0.0, 0.0)
         for ep in candidates:
             if ep.spec.name in exclude:
                 continue
-            key = (max(ep.breaker.blocked_until(now), ep.avoid_until), self._load(ep, now))
+            blocked = max(ep.breaker.blocked_until(now), ep.avoid_until)
+            key = (blocked, self._load(ep, now, stream))
             if best is None or key < best_key:
                 best, best_key = ep, key
         return best
 
-    def _finish(
-        self,
-        ep: _Endpoint,
-        start: float,
-        ttft: float | None,
-        outcome: Outcome,
-        retry_after_s: float | None,
-    ) -> None:
-        now = self._clock()
+    def _finish(self, lease: Lease, outcome: Outcome, retry_after_s: float | None) -> None:
+        ep, now, config = lease._ep, self._clock(), self._config
         ep.pending -= 1
-        config = self._config
         if outcome.is_failure:
-            waited = now - start if ttft is None else 0.0
-            ep.ewma.observe(max(config.penalty_s, waited), now)
+            waited = now - lease._start if lease._ttft is None else 0.0
+            penalty = max(config.penalty_s, waited)
+            ep.ttft.observe(penalty, now)
+            ep.whole.observe(penalty, now)
             ep.breaker.failure(now)
         elif outcome is Outcome.SUCCESS:
-            if ttft is None:
-                ttft = now - start
-                ep.ewma.observe(ttft, now)
-            if ttft > config.ttft_failure_limit_s:
-                ep.breaker.failure(now)
-            else:
-                ep.breaker.success(now)
+            self._succeeded(ep, lease, now)
         else:
             if outcome is Outcome.RATE_LIMITED:
                 wait = config.default_retry_after_s if retry_after_s is None else retry_after_s
@@ -355,3 +315,24 @@ class Pool:
             ep.breaker.neutral(now)
         if ep.draining and ep.pending <= 0 and self._endpoints.get(ep.spec.name) is ep:
             del self._endpoints[ep.spec.name]
+
+    def _succeeded(self, ep: Endpoint, lease: Lease, now: float) -> None:
+        """A complete answer: its latency sample, then success or a too-slow failure.
+
+        A non-streamed answer is sampled as a whole response and never judged
+        by the TTFT limit (a long completion may rightly take longer). A
+        stream that ended without any token is sampled by its whole time.
+        """
+        elapsed = now - lease._start
+        if not lease.stream:
+            ep.whole.observe(elapsed, now)
+            ep.breaker.success(now)
+            return
+        ttft = lease._ttft
+        if ttft is None:
+            ttft = elapsed
+            ep.ttft.observe(ttft, now)
+        if ttft > self._config.ttft_failure_limit_s:
+            ep.breaker.failure(now)
+        else:
+            ep.breaker.success(now)

@@ -3,9 +3,9 @@ from aiohttp.test_utils import TestServer
 from pytest import approx
 
 from gateway.balance import Outcome
+from gateway.balance.endpoint import EndpointSpec
 from gateway.balance.engine import EngineConfig, EngineStats, extra_pending
 from gateway.balance.engine_poller import EnginePoller, parse_engine_metrics
-from gateway.balance.pool import EndpointSpec
 
 from .conftest import FakeClock, PoolFactory, spec
 

@@ -189,13 +189,15 @@ def test_an_endpoint_that_went_silent_is_avoided_before_it_answers(
     make_pool: PoolFactory, clock: FakeClock
 ) -> None:
     pool = make_pool(spec("a"), spec("b"))
+    for other in ("b", "a"):
+        serve(pool.acquire("m", exclude={other}), 0.1, clock)  # both cost 0.1 s
     hung = pool.acquire("m", exclude={"b"})  # never gets a first token
     streams = [pool.acquire("m", exclude={"a"}) for _ in range(2)]
-    clock.advance(0.1)
     for stream in streams:
-        stream.first_token()  # still streaming: pending stays at 2
-    assert picks(pool, 1) == {"a": 1}  # one waiting request is lighter than two streams
-    clock.advance(5.0)
+        stream.first_token()  # still streaming: decoding on b
+    assert picks(pool, 1) == {"b": 1}  # a's one waiting request outweighs two decoding
+    clock.advance(5.0)  # b's streams go on; a has kept its request 5 s
+    assert names(pool.snapshot())["a"].load >= 2 * 5.0  # (1 waiting + 1) x its age
     assert picks(pool, 20) == {"b": 20}
     hung.release(Outcome.CANCELLED)
 
