@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
@@ -57,11 +58,15 @@ async def test_request_id_is_kept_and_passed_on_and_gateway_credentials_are_not(
         headers={"X-Request-ID": "abc-123", "Authorization": "Bearer secret"},
     )
     assert reply.headers["x-request-id"] == "abc-123"
-    assert seen[0]["X-Request-ID"] == "abc-123"
+    # Backends get a UUID (llama-cpp-python refuses other ids); the client keeps its own.
+    assert uuid.UUID(seen[0]["X-Request-ID"])
     assert "Authorization" not in seen[0]
     fresh = await gw.post("/v1/chat/completions", json=chat())
     assert len(fresh.headers["x-request-id"]) >= 16
     assert seen[1]["X-Request-ID"] == fresh.headers["x-request-id"]
+    given = str(uuid.uuid4())
+    await gw.post("/v1/chat/completions", json=chat(), headers={"X-Request-ID": given})
+    assert seen[2]["X-Request-ID"] == given
 
 
 async def test_bad_input_gets_openai_errors(
@@ -74,6 +79,8 @@ async def test_bad_input_gets_openai_errors(
         (orjson.dumps({"model": MODEL, "messages": []}), 400, "invalid_request_error"),
         (orjson.dumps(chat(temperature="hot")), 400, "invalid_request_error"),
         (orjson.dumps(chat(max_tokens=10**9)), 400, "invalid_request_error"),
+        (orjson.dumps(chat(top_k="many")), 400, "invalid_request_error"),
+        (orjson.dumps(chat(repetition_penalty=-1)), 400, "invalid_request_error"),
         (orjson.dumps({**chat(), "model": "no-such-model"}), 404, "invalid_request_error"),
         (orjson.dumps(chat("x" * 4096)), 413, "invalid_request_error"),
     ]

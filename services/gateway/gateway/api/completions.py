@@ -14,7 +14,7 @@ from gateway.cache.keys import prompt_text
 from gateway.cache.policy import OPT_IN_HEADER
 from gateway.errors import InvalidRequest
 from gateway.gate import Gate
-from gateway.proxy.call import Call, forwardable_headers
+from gateway.proxy.call import Call, forwardable_headers, upstream_request_id
 from gateway.serving import Completions
 from gateway.settings import GatewaySettings
 from gateway.tenancy import Tenant
@@ -48,14 +48,16 @@ def completions_routes(
         rid: str,
         tenant: Tenant,
     ) -> Response:
+        upstream_id = upstream_request_id(rid)
         call = Call(
             route=route,
             path=route,
             model=req.model,
             stream=req.stream,
             body=body,
-            headers=forwardable_headers(request.scope["headers"], rid),
+            headers=forwardable_headers(request.scope["headers"], upstream_id),
             request_id=rid,
+            upstream_id=upstream_id if upstream_id != rid else "",
             receive=request.receive,
         )
         if settings.log_prompts:

@@ -50,6 +50,14 @@ class _Generation(_Open):
     frequency_penalty: Penalty | None = None
     seed: int | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
+    # Extensions many servers accept (vLLM, SGLang, TGI, llama.cpp): typed here so a
+    # wrong type is a 400 at the gateway, not a backend 500 held against the replica.
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    typical_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0)] | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    ignore_eos: bool | None = None
 
 
 class ChatCompletionRequest(_Generation):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,13 +30,26 @@ _DROP = frozenset(
 )
 
 
-def forwardable_headers(raw: list[tuple[bytes, bytes]], request_id: str) -> dict[str, str]:
+def upstream_request_id(request_id: str) -> str:
+    """The id sent to backends: the client's when it is a UUID, else a new UUID.
+
+    Some servers refuse any other form (llama-cpp-python answers 400); the
+    client's own id stays in the gateway's answer and logs.
+    """
+    try:
+        uuid.UUID(request_id)
+    except ValueError:
+        return uuid.uuid4().hex
+    return request_id
+
+
+def forwardable_headers(raw: list[tuple[bytes, bytes]], upstream_id: str) -> dict[str, str]:
     headers = {
         k: v.decode("latin-1")
         for key, v in raw
         if (k := key.decode("latin-1").lower()) not in _DROP
     }
-    headers["x-request-id"] = request_id
+    headers["x-request-id"] = upstream_id
     headers["accept-encoding"] = "identity"
     return headers
 
@@ -51,6 +65,7 @@ class Call:
     body: bytes
     headers: dict[str, str]
     request_id: str
+    upstream_id: str = ""  # the id the backend saw, when it differs from request_id
     started: float = field(default_factory=time.perf_counter)
     cache: str = "BYPASS"
     endpoint: str = ""

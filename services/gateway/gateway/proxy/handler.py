@@ -177,6 +177,7 @@ class Proxy:
                 else None,
                 tokens_out=call.tokens_out,
                 **_texts(call),
+                **({"upstream_request_id": call.upstream_id} if call.upstream_id else {}),
             )
 
 
