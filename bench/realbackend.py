@@ -167,7 +167,7 @@ def table(cells: list[Cell], args: argparse.Namespace) -> str:
         f"{dt.date.today().isoformat()}, {cpu_model()}, {os.cpu_count()} cores "
         f"(load average at the end {load}), "
         f"Python {platform.python_version()}, llama-cpp-python {llamacpp.VERSION}, "
-        f"SmolLM2-135M-Instruct Q4_1, one replica with {args.threads} threads, "
+        f"SmolLM2-135M-Instruct Q4_1, one replica, llama.cpp threads: {args.threads}, "
         f"{args.tokens} tokens per answer, {args.requests} requests per cell",
         "",
         "| concurrency | target | requests | errors | TTFT p50 ms | TTFT p99 ms "
