@@ -99,6 +99,8 @@ def run(args: argparse.Namespace, procs: list[Proc]) -> None:
         "GATEWAY_BACKENDS": json.dumps(backends),
         "GATEWAY_EMBEDDER_TARGET": f"127.0.0.1:{EMBEDDER_PORT}",
         "GATEWAY_CACHE_TARGET": f"127.0.0.1:{CACHE_PORT}",
+        # llama.cpp serves one request at a time: a decoding stream blocks the next.
+        "GATEWAY_DECODE_WEIGHT": "1" if args.backend == "llamacpp" else "0.1",
     }
     start(
         Proc("gateway", [PYTHON, "-m", "gateway"], env=gateway_env, log_dir=LOG_DIR),

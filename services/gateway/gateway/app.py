@@ -53,6 +53,7 @@ def pool_config(settings: GatewaySettings) -> PoolConfig:
         tau_s=settings.ewma_tau_s,
         default_rtt_s=settings.default_rtt_s,
         penalty_s=settings.failure_penalty_s,
+        decode_weight=settings.decode_weight,
         ttft_failure_limit_s=settings.slow_ttft_s,
         breaker=BreakerConfig(
             consecutive_failures=settings.breaker_consecutive_failures,

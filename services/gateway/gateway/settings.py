@@ -72,6 +72,12 @@ class GatewaySettings(BaseSettings):
     ewma_tau_s: float = Field(10.0, gt=0)
     default_rtt_s: float = Field(0.5, gt=0, description="cost of an endpoint with no samples")
     failure_penalty_s: float = Field(5.0, gt=0, description="latency sample for a failure")
+    decode_weight: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="load weight of a stream past its first token (1 for one-at-a-time servers)",
+    )
     slow_ttft_s: float = Field(30.0, gt=0, description="a slower first token is a failure")
     max_attempts: int = Field(3, ge=1, description="tries per request before the first byte")
     retry_budget_ratio: float = Field(0.2, ge=0, le=1, description="retries / recent requests")

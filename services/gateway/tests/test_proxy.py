@@ -81,6 +81,8 @@ async def test_bad_input_gets_openai_errors(
         (orjson.dumps(chat(max_tokens=10**9)), 400, "invalid_request_error"),
         (orjson.dumps(chat(top_k="many")), 400, "invalid_request_error"),
         (orjson.dumps(chat(repetition_penalty=-1)), 400, "invalid_request_error"),
+        (orjson.dumps(chat(repeat_penalty="x")), 400, "invalid_request_error"),
+        (orjson.dumps(chat(logit_bias={"50256": "ban"})), 400, "invalid_request_error"),
         (orjson.dumps({**chat(), "model": "no-such-model"}), 404, "invalid_request_error"),
         (orjson.dumps(chat("x" * 4096)), 413, "invalid_request_error"),
     ]

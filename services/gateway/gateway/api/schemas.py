@@ -58,6 +58,12 @@ class _Generation(_Open):
     repetition_penalty: Annotated[float, Field(gt=0)] | None = None
     min_tokens: Annotated[int, Field(ge=0)] | None = None
     ignore_eos: bool | None = None
+    repeat_penalty: Annotated[float, Field(gt=0)] | None = None  # llama.cpp's names
+    tfs_z: Annotated[float, Field(gt=0)] | None = None
+    mirostat_mode: Annotated[int, Field(ge=0, le=2)] | None = None
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
 
 
 class ChatCompletionRequest(_Generation):
