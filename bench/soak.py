@@ -348,8 +348,9 @@ def request_table(
         f"| {caches['HIT-EXACT']} | {caches['HIT-SEMANTIC']} | {caches['MISS']} "
         f"| {caches['BYPASS']} | {hits / max(1, cacheable):.1%} | {p50:.3f} | {p99:.3f} |",
     ]
-    lines += [f"unexpected: {o.detail}" for o in unexpected[:10]]
-    lines += [f"during a restart: {o.detail}" for o in restart[:5]]
+    t0 = min((o.started for o in outcomes), default=0.0)
+    lines += [f"unexpected at {o.started - t0:.0f} s: {o.detail}" for o in unexpected[:10]]
+    lines += [f"during a restart at {o.started - t0:.0f} s: {o.detail}" for o in restart[:5]]
     return lines, len(unexpected)
 
 
