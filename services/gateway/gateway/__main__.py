@@ -38,7 +38,10 @@ def main() -> None:
         "http": "httptools",
         "access_log": False,  # one structured line per request comes from the proxy
         "log_config": None,
-        "timeout_graceful_shutdown": 30,
+        "timeout_graceful_shutdown": settings.drain_s,
+        # Longer than clients keep idle connections (aiohttp 15 s, browsers ~60 s), so a
+        # client never sends on a connection the gateway has just closed.
+        "timeout_keep_alive": settings.keepalive_s,
     }
     if settings.workers == 1:
         uvicorn.run(build_app(), **options)  # type: ignore[arg-type]

@@ -44,6 +44,13 @@ class GatewaySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    keepalive_s: float = Field(
+        75.0, gt=0, description="idle client connections kept open (above clients' idle pools)"
+    )
+    drain_s: float = Field(30.0, ge=0, description="SIGTERM: how long streams in flight may finish")
+    upstream_keepalive_s: float = Field(
+        4.0, gt=0, description="idle upstream connections reused (below servers' keep-alive)"
+    )
     metrics_dir: Path = Field(
         Path("/tmp/llmgw-gateway-metrics"),
         description="with several workers: where they share metric values (emptied at start)",

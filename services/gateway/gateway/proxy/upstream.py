@@ -72,7 +72,12 @@ class Upstream:
         )
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=10, keepalive_timeout=30)
+        # Reuse idle upstream connections for less time than model servers keep them
+        # (uvicorn-based servers such as vLLM close after 5 s): a request never goes
+        # out on a connection the server is closing.
+        connector = aiohttp.TCPConnector(
+            limit=0, ttl_dns_cache=10, keepalive_timeout=self._settings.upstream_keepalive_s
+        )
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
         )
