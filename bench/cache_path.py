@@ -552,7 +552,7 @@ class Bench:
     async def timed(self, warmup: Sequence[Job], jobs: Sequence[Job], concurrency: int) -> Timed:
         """Run ``jobs`` after an unrecorded warm-up, reading CPU and the gateway's counters."""
         settle_s = await self.settle()
-        await run_jobs(self.session, warmup, concurrency)
+        self.learn(await run_jobs(self.session, warmup, concurrency))
         assert self.meter is not None
         cell = Cell(concurrency, "", cpu=dict.fromkeys(self.stack.clocks(), 0.0))
         before = await self.samples()
@@ -645,6 +645,7 @@ def hit_row(
 ) -> dict[str, Any]:
     replies, cpu = timed.replies, timed.cpu
     hits = [r.total_ms for r in replies if r.error is None and r.x_cache == expected]
+    wrong = [r for r in replies if r.error is None and r.x_cache == expected and not right(r)]
     n = len(replies)
     return {
         "case": case,
@@ -655,9 +656,11 @@ def hit_row(
         "as_expected": len(hits),
         "x_cache": dict(Counter(r.x_cache for r in replies)),
         "errors": sum(1 for r in replies if r.error is not None),
-        "wrong_answers": sum(
-            1 for r in replies if r.error is None and r.x_cache == expected and not right(r)
-        ),
+        "wrong_answers": len(wrong),
+        "wrong_examples": [
+            {"asked": r.job.text, "similarity": r.similarity, "answer": (r.text or "")[:80]}
+            for r in wrong[:3]
+        ],
         "p50_ms": percentile(hits, 50),
         "p99_ms": percentile(hits, 99),
         "target_p50_ms": target_ms,
@@ -1147,6 +1150,12 @@ def report(result: dict[str, Any]) -> str:
         "got the expected X-Cache)",
         "",
         hits_table(result["hits"]),
+        *(
+            f"\nwrong answer ({r['case']}, c={r['concurrency']}): asked {w['asked']!r}, "
+            f"similarity {w['similarity']}, answered {w['answer']!r}"
+            for r in result["hits"]
+            for w in r.get("wrong_examples", [])
+        ),
         "",
         "## Where the lookup's time goes (means over each case, from the services' own "
         "histograms: the gateway's whole lookup, the embedder's calls, the cache service's "
