@@ -1120,7 +1120,8 @@ def summary_table(runs: list[dict[str, Any]]) -> str:
         values = [f[name][1] for f in per_run if name in f]
         clean = [v for v in values if not math.isnan(v)]
         med = statistics.median(clean) if clean else math.nan
-        rows.append([name, per_run[0][name][0], *(_f(v) for v in values), f"**{_f(med)}**"])
+        note = f" ({len(clean)} of {len(values)} runs)" if len(clean) < len(values) else ""
+        rows.append([name, per_run[0][name][0], *(_f(v) for v in values), f"**{_f(med)}**{note}"])
     header = ["figure", "target", *(f"run {i + 1}" for i in range(len(runs))), "median"]
     return md_table(header, rows)
 
