@@ -8,24 +8,31 @@ sentences (about a dozen words, a distinct one per request):
   percentiles (what a cache lookup pays);
 - 32 concurrent callers, one sentence per request, closed loop for a fixed
   window: sentences per second and latency, with batching on (the default
-  ``EMBEDDER_MAX_BATCH_SIZE``) and off (``EMBEDDER_MAX_BATCH_SIZE=1``), plus
-  the mean batch size the server reports, and the server's CPU time per
-  sentence (warm-up included), which other jobs on the machine do not skew.
+  ``EMBEDDER_MAX_BATCH_SIZE``) and off (``EMBEDDER_MAX_BATCH_SIZE=1``: the
+  same server and code path, one text per model run), plus the mean batch
+  size the server reports, and CPU time per sentence under load, which other
+  jobs on the machine skew much less than wall-clock numbers: the whole
+  server, its event-loop thread alone (gRPC, protobuf, tokenizing, hand-offs:
+  the per-call overhead) and the benchmark's client.
 
 The client runs on the same machine as the server and takes CPU from it, as a
-gateway next to the sidecar would. Everything is bounded: a few seconds per
-configuration, about a minute for the whole table.
+gateway next to the sidecar would. On a shared machine, ``--runs 3`` repeats
+every configuration (interleaved) and reports medians, and ``--quiet-load``
+waits (bounded) for the load average to drop before each run; the load
+average at the start of each run is printed. Everything is bounded: about a
+minute per round of the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import grpc
@@ -51,13 +58,16 @@ def sentence(n: int) -> str:
 class Result:
     backend: str
     batching: bool
+    load: float  # 1-minute load average when the run started
     single_p50_ms: float
     single_p99_ms: float
     throughput: float
     loaded_p50_ms: float
     loaded_p99_ms: float
     mean_batch: float
-    cpu_ms: float  # server CPU per sentence under load: immune to other jobs on the machine
+    cpu_ms: float  # server CPU per sentence under load
+    loop_cpu_ms: float  # of which the event-loop thread
+    client_cpu_ms: float  # the benchmark's client, per sentence
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -107,20 +117,30 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def loop_cpu_seconds(process: psutil.Process) -> float:
+    """CPU of the server's main thread, which runs the event loop."""
+    main = next(t for t in process.threads() if t.id == process.pid)
+    return float(main.user_time + main.system_time)
+
+
 async def measure(
     port: int, metrics_port: int, server: psutil.Process, args: argparse.Namespace
 ) -> tuple[float, ...]:
+    me = psutil.Process()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
         await single(stub, 20)  # connection and first calls
         one = await single(stub, args.single)
         batches = scrape(metrics_port, "embedder_batch_size_count")
         texts = scrape(metrics_port, "embedder_batch_size_sum")
-        cpu = cpu_seconds(server)
+        cpu, loop, client = cpu_seconds(server), loop_cpu_seconds(server), cpu_seconds(me)
         count, many = await loaded(stub, args.callers, args.warmup, args.duration)
         cpu = cpu_seconds(server) - cpu
+        loop = loop_cpu_seconds(server) - loop
+        client = cpu_seconds(me) - client
         batches = scrape(metrics_port, "embedder_batch_size_count") - batches
         texts = scrape(metrics_port, "embedder_batch_size_sum") - texts
+    per_text = 1e3 / texts if texts else 0.0
     return (
         statistics.median(one) * 1e3,
         percentile(one, 0.99) * 1e3,
@@ -128,8 +148,18 @@ async def measure(
         statistics.median(many) * 1e3,
         percentile(many, 0.99) * 1e3,
         texts / batches if batches else 0.0,
-        cpu / texts * 1e3 if texts else 0.0,
+        cpu * per_text,
+        loop * per_text,
+        client * per_text,
     )
+
+
+def wait_for_quiet(max_load: float, max_wait_s: float) -> float:
+    """Wait (bounded) until the 1-minute load average is under ``max_load``; return it."""
+    deadline = time.monotonic() + max_wait_s
+    while (load := os.getloadavg()[0]) >= max_load and time.monotonic() < deadline:
+        time.sleep(5)
+    return load
 
 
 def run_one(backend: str, batching: bool, args: argparse.Namespace, log_dir: Path) -> Result:
@@ -142,30 +172,46 @@ def run_one(backend: str, batching: bool, args: argparse.Namespace, log_dir: Pat
         "EMBEDDER_MAX_BATCH_SIZE": str(args.max_batch_size if batching else 1),
         "EMBEDDER_WORKERS": str(args.workers),
         "EMBEDDER_INTRA_OP_THREADS": str(args.threads),
+        "EMBEDDER_BATCH_INTRA_OP_THREADS": str(args.batch_threads),
     }
     proc = Proc(
         f"embedder-{backend}-{batching}", [PYTHON, "-m", "embedder"], env=env, log_dir=log_dir
     )
     try:
         proc.start().wait_until(lambda: grpc_serving(port), timeout=180)
+        load = wait_for_quiet(args.quiet_load, args.quiet_wait) if args.quiet_load else 0.0
+        load = load or os.getloadavg()[0]
         numbers = asyncio.run(measure(port, metrics_port, psutil.Process(proc.pid), args))
     finally:
         proc.stop()
-    return Result(backend, batching, *numbers)
+    return Result(backend, batching, load, *numbers)
+
+
+def median_result(runs: list[Result]) -> Result:
+    """Each number the median over the runs of one configuration."""
+    first = runs[0]
+    values = {
+        f.name: statistics.median(getattr(r, f.name) for r in runs)
+        for f in fields(Result)
+        if f.name not in ("backend", "batching")
+    }
+    return Result(first.backend, first.batching, **values)
 
 
 def table(results: list[Result], callers: int) -> str:
     head = (
-        f"| backend   | batching | 1 caller p50 ms | 1 caller p99 ms | {callers} callers sent/s "
-        f"| p50 ms | p99 ms | mean batch | server CPU ms/sentence |"
+        f"| backend   | batching | load | 1 caller p50 ms | 1 caller p99 ms "
+        f"| {callers} callers sent/s | p50 ms | p99 ms | mean batch "
+        f"| server CPU ms/sentence | of which event loop | client CPU ms/sentence |"
     )
     lines = [head, "|" + "|".join("-" * (len(cell)) for cell in head.split("|")[1:-1]) + "|"]
     for r in results:
         lines.append(
-            f"| {r.backend:<9} | {'on' if r.batching else 'off':<8} | {r.single_p50_ms:15.2f} "
-            f"| {r.single_p99_ms:15.2f} | {r.throughput:{len(str(callers)) + 16}.0f} "
+            f"| {r.backend:<9} | {'on' if r.batching else 'off':<8} | {r.load:4.1f} "
+            f"| {r.single_p50_ms:15.2f} | {r.single_p99_ms:15.2f} "
+            f"| {r.throughput:{len(str(callers)) + 16}.0f} "
             f"| {r.loaded_p50_ms:6.1f} | {r.loaded_p99_ms:6.1f} | {r.mean_batch:10.1f} "
-            f"| {r.cpu_ms:22.2f} |"
+            f"| {r.cpu_ms:22.2f} | {r.loop_cpu_ms:19.2f} | {r.client_cpu_ms:22.2f} |"
         )
     return "\n".join(lines)
 
@@ -180,27 +226,48 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="EMBEDDER_WORKERS")
     parser.add_argument("--threads", type=int, default=1, help="EMBEDDER_INTRA_OP_THREADS")
+    parser.add_argument(
+        "--batch-threads", type=int, default=2, help="EMBEDDER_BATCH_INTRA_OP_THREADS"
+    )
+    parser.add_argument("--runs", type=int, default=1, help="rounds; the table shows medians")
+    parser.add_argument(
+        "--quiet-load",
+        type=float,
+        default=0.0,
+        help="before each run, wait until the load average is under this (0: do not wait)",
+    )
+    parser.add_argument("--quiet-wait", type=float, default=300.0, help="longest wait, seconds")
     args = parser.parse_args()
 
     log_dir = Path(tempfile.mkdtemp(prefix="bench-embedder-"))
-    results = []
-    for backend in args.backends.split(","):
-        for batching in (True, False):
+    configs = [(b, batching) for b in args.backends.split(",") for batching in (True, False)]
+    runs: dict[tuple[str, bool], list[Result]] = {config: [] for config in configs}
+    for round_ in range(args.runs):
+        for backend, batching in configs:
             result = run_one(backend, batching, args, log_dir)
-            print(f"  {backend} batching={'on' if batching else 'off'}: done", flush=True)
-            results.append(result)
+            runs[backend, batching].append(result)
+            print(
+                f"  run {round_ + 1}/{args.runs} {backend} batching={'on' if batching else 'off'}"
+                f" (load {result.load:.1f}): p50 {result.single_p50_ms:.2f} ms, "
+                f"{result.throughput:.0f}/s",
+                flush=True,
+            )
+    results = [median_result(runs[config]) for config in configs]
     print()
     print(table(results, args.callers))
     for backend in args.backends.split(","):
-        on, off = (
-            next(r for r in results if r.backend == backend and r.batching == b)
-            for b in (True, False)
-        )
+        on, off = (runs[backend, b] for b in (True, False))
+        ratios = sorted(a.throughput / b.throughput for a, b in zip(on, off, strict=True))
         print(
-            f"{backend}: batching gives {on.throughput / off.throughput:.1f}x the throughput "
-            f"of one request at a time with {args.callers} callers"
+            f"{backend}: batching gives {statistics.median(ratios):.1f}x the throughput of one "
+            f"request at a time with {args.callers} callers (per round: "
+            + ", ".join(f"{ratio:.2f}" for ratio in ratios)
+            + ")"
         )
-    print(f"(workers {args.workers}, intra-op threads {args.threads}; server logs: {log_dir})")
+    print(
+        f"(medians of {args.runs} run(s); workers {args.workers}, intra-op threads "
+        f"{args.threads}, {args.batch_threads} for large batches; server logs: {log_dir})"
+    )
 
 
 if __name__ == "__main__":

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from embedder.batcher import Batcher, Embedded
 from embedder.errors import EmbedderError, InvalidInput, NotReady
 from embedder.metrics import Metrics
+from embedder.model import ModelInfo
 from llmgw.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from llmgw_common.logs import get_logger
 
@@ -42,17 +45,45 @@ def validate(texts: list[str], limits: RequestLimits) -> None:
 
 
 def to_response(embedded: Embedded, batcher: Batcher) -> embedder_pb2.EmbedResponse:
-    info = batcher.info
-    return embedder_pb2.EmbedResponse(
-        embeddings=[
-            embedder_pb2.Embedding(
-                values=vector.tolist(), truncated=item.truncated, token_count=len(item.ids)
+    """The reply, built from its wire form: the floats go in as one block of bytes.
+
+    ``Embedding(values=vector.tolist())`` makes 384 Python floats and converts
+    them back one by one (about 20 us a vector); a packed float field is the
+    little-endian float32 array itself, so this writes it with ``tobytes`` and
+    parses the whole reply once (about 2 us).
+    """
+    vectors = np.ascontiguousarray(embedded.vectors, dtype="<f4")
+    parts = []
+    for vector, item in zip(vectors, embedded.tokens, strict=True):
+        values = vector.tobytes()
+        body = b"".join(
+            (
+                b"\x0a",  # field 1 (values), packed
+                _varint(len(values)),
+                values,
+                b"\x10\x01" if item.truncated else b"",  # field 2 (truncated)
+                b"\x18",  # field 3 (token_count)
+                _varint(len(item.ids)),
             )
-            for vector, item in zip(embedded.vectors, embedded.tokens, strict=True)
-        ],
-        model=info.name,
-        dimension=info.dimension,
-    )
+        )
+        parts.append(b"\x0a" + _varint(len(body)) + body)  # EmbedResponse field 1
+    parts.append(_response_tail(batcher.info))
+    return embedder_pb2.EmbedResponse.FromString(b"".join(parts))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+@functools.cache
+def _response_tail(info: ModelInfo) -> bytes:
+    """EmbedResponse's ``model`` and ``dimension`` fields, the same in every reply."""
+    return embedder_pb2.EmbedResponse(model=info.name, dimension=info.dimension).SerializeToString()
 
 
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
@@ -61,6 +92,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
     def __init__(self, limits: RequestLimits, metrics: Metrics) -> None:
         self._limits = limits
         self._metrics = metrics
+        self._ok = metrics.requests.labels("ok")  # looked up once, not per call
         self._batcher: Batcher | None = None
 
     def attach(self, batcher: Batcher) -> None:
@@ -92,7 +124,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             raise
         finally:
             self._metrics.in_flight.dec()
-        self._metrics.requests.labels("ok").inc()
+        self._ok.inc()
         self._metrics.request_duration.observe(time.perf_counter() - started)
         self._metrics.texts.inc(len(texts))
         self._metrics.truncated.inc(sum(item.truncated for item in embedded.tokens))

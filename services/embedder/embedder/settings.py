@@ -37,6 +37,12 @@ class EmbedderSettings(BaseSettings):
     intra_op_threads: int = Field(
         1, ge=1, description="threads inside one inference (ONNX Runtime or torch)"
     )
+    batch_intra_op_threads: int = Field(
+        2, ge=1, description="threads inside one inference of a large batch (ONNX Runtime or torch)"
+    )
+    batch_threads_min_tokens: int = Field(
+        128, ge=1, description="padded tokens (texts x the longest) from which a batch is large"
+    )
     workers: int = Field(1, ge=1, description="model runs at once, each in its own thread")
 
     # Batching

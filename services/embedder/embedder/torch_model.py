@@ -19,11 +19,26 @@ from embedder.model import (
 
 
 class TorchModel:
-    def __init__(self, model_dir: Path, *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        threads: int = 1,
+        batch_threads: int = 1,
+        batch_threads_from: int = 128,
+    ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        # Same reasoning as the ONNX backend: one core for inference, one for the loop.
+        # Same reasoning as the ONNX backend: one core for inference, one for the
+        # loop, and ``batch_threads`` for a batch of at least ``batch_threads_from``
+        # padded tokens. torch's thread count is global: set it before each run
+        # whose count differs from the last one (a cheap call).
+        self._torch = torch
+        self._threads = threads
+        self._batch_threads = max(batch_threads, threads)
+        self._batch_threads_from = batch_threads_from
+        self._current_threads = threads
         torch.set_num_threads(threads)
         self._model = SentenceTransformer(str(model_dir), device="cpu")
         self._model.max_seq_length = MAX_TOKENS
@@ -37,7 +52,17 @@ class TorchModel:
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
         return self._tokenizer(texts)
 
+    def threads_for(self, padded_tokens: int) -> int:
+        """Intra-op threads a batch of ``padded_tokens`` (texts x the longest) runs on."""
+        if padded_tokens >= self._batch_threads_from:
+            return self._batch_threads
+        return self._threads
+
     def embed(self, batch: Sequence[TokenizedText]) -> Vectors:
+        threads = self.threads_for(len(batch) * max(len(item.ids) for item in batch))
+        if threads != self._current_threads:
+            self._torch.set_num_threads(threads)
+            self._current_threads = threads
         vectors = self._model.encode(
             [item.text for item in batch],
             batch_size=len(batch),

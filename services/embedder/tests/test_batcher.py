@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import numpy as np
@@ -194,3 +195,37 @@ async def test_a_closed_batcher_refuses_calls(fake_model, metrics) -> None:
     await batcher.close()
     with pytest.raises(NotReady):
         await batcher.embed(["anyone there"])
+
+
+async def test_the_model_takes_the_next_batch_without_waiting_for_the_event_loop(
+    batcher: Batcher, fake_model, until: Until
+) -> None:
+    fake_model.hold()
+    first = asyncio.create_task(batcher.embed(["first"]))
+    await until(fake_model.running.is_set)
+    second = asyncio.create_task(batcher.embed(["second"]))
+    await asyncio.sleep(0.02)  # queued behind the running batch
+    # Block the event loop: the inference thread must go on to the next batch by itself.
+    fake_model.release()
+    deadline = time.monotonic() + 5
+    while len(fake_model.batches) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)  # noqa: ASYNC251 - blocking the loop is the point
+    assert fake_model.batches == [["first"], ["second"]]
+    await asyncio.gather(first, second)
+
+
+async def test_closing_answers_the_batch_in_the_model_and_refuses_the_queued(
+    fake_model, metrics, until: Until
+) -> None:
+    batcher = await make(fake_model, metrics)
+    fake_model.hold()
+    running = asyncio.create_task(batcher.embed(["in the model"]))
+    await until(fake_model.running.is_set)
+    queued = asyncio.create_task(batcher.embed(["still queued"]))
+    await asyncio.sleep(0.02)
+    await batcher.close()
+    with pytest.raises(NotReady):
+        await queued
+    fake_model.release()
+    assert (await running).vectors.shape == (1, 8)
+    assert fake_model.seen == ["in the model"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedder.model import EmbeddingModel, load_model
+from embedder.export import ensure_onnx_int8_in_child
+from embedder.model import EmbeddingModel, load_model, model_dir
+from embedder.onnx_model import OnnxModel
 from embedder.settings import EmbedderSettings
 
 pytestmark = pytest.mark.model
@@ -163,3 +165,15 @@ def test_texts_past_256_word_pieces_are_cut_and_flagged(onnx) -> None:
     assert not short.truncated
     assert long.truncated
     assert len(long.ids) == onnx.info.max_tokens == 256
+
+
+def test_a_large_batch_runs_on_more_threads_and_gives_the_same_vectors() -> None:
+    path = ensure_onnx_int8_in_child(EmbedderSettings().cache_dir)
+    tokenizer = model_dir() / "tokenizer.json"
+    one = OnnxModel(path, tokenizer, threads=1)
+    two = OnnxModel(path, tokenizer, threads=1, batch_threads=2, batch_threads_from=64)
+    tokens = one.tokenize(SENTENCES)
+    padded = len(tokens) * max(len(item.ids) for item in tokens)
+    assert (one.threads_for(padded), two.threads_for(padded), two.threads_for(63)) == (1, 2, 1)
+    cosines = (one.embed(tokens) * two.embed(tokens)).sum(axis=1)
+    assert cosines.min() > 0.9999

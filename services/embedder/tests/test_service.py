@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -12,7 +13,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from embedder.batcher import Embedded
+from embedder.model import ModelInfo, TokenizedText
 from embedder.server import EmbedderServer, create_server
+from embedder.servicer import to_response
 from embedder.settings import EmbedderSettings
 from llmgw.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 
@@ -209,3 +213,26 @@ async def test_drain_lets_an_in_flight_call_finish_and_refuses_new_ones(
         await draining
     await server.close()
     assert len(reply.embeddings) == 1
+
+
+def test_the_reply_built_from_bytes_is_the_reply_built_field_by_field() -> None:
+    vectors = np.random.default_rng(0).normal(size=(3, 384)).astype(np.float32)
+    tokens = [
+        TokenizedText("a", [7] * 18, truncated=False),
+        TokenizedText("b", [7] * 256, truncated=True),  # a two-byte varint
+        TokenizedText("c", [7], truncated=False),
+    ]
+    batcher = SimpleNamespace(info=ModelInfo("all-MiniLM-L6-v2", 384, 256, "onnx-int8"))
+    reply = to_response(Embedded(vectors, tokens), batcher)  # type: ignore[arg-type]
+    expected = embedder_pb2.EmbedResponse(
+        embeddings=[
+            embedder_pb2.Embedding(
+                values=vector.tolist(), truncated=item.truncated, token_count=len(item.ids)
+            )
+            for vector, item in zip(vectors, tokens, strict=True)
+        ],
+        model="all-MiniLM-L6-v2",
+        dimension=384,
+    )
+    assert reply == expected
+    assert list(reply.embeddings[1].values) == vectors[1].tolist()
