@@ -6,24 +6,9 @@ from collections.abc import Callable
 import pytest
 
 from gateway.balance import EndpointSpec, Pool, PoolConfig
+from gwkit import FakeClock
 
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+# FakeClock and the ``clock`` fixture come from gwkit and the parent conftest.
 
 
 def spec(name: str, *models: str) -> EndpointSpec:
