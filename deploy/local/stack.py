@@ -5,7 +5,10 @@ Redis (only with ``--redis local``), the embedder (gRPC :50051), the cache
 service (gRPC :50052; the embedded store unless a Redis URL is given), two
 mock-llm replicas (:8001, :8002) or two llama.cpp replicas of a real model
 (``--backend llamacpp``), and the gateway (:8000). Prints curls that stream,
-then waits; Ctrl-C (or SIGTERM) stops everything in reverse order.
+then waits; Ctrl-C (or SIGTERM) stops everything in reverse order. A process
+that exits is reported (which, its code, its last log lines); only the
+gateway's exit stops the stack, since the gateway routes around a dead model
+server and fails open without its sidecars.
 
 Logs of every process go to ``var/log/<name>.log``.
 """
@@ -111,6 +114,25 @@ def run(args: argparse.Namespace, procs: list[Proc]) -> None:
     print(CURLS.format(port=GATEWAY_PORT, model=model, logs=LOG_DIR), flush=True)
 
 
+def report_exit(proc: Proc, lines: int = 10) -> str:
+    """One line saying which process exited and what the rest of the stack does
+    about it, then its last log lines.
+
+    Only the gateway is essential: a model server that dies is routed around
+    (the breaker ejects it), a sidecar that dies turns the cache off (the
+    gateway fails open). So the stack keeps serving and says so.
+    """
+    code = proc.popen.returncode if proc.popen is not None else None
+    if proc.name == "gateway":
+        effect = "the stack cannot serve without it; stopping everything"
+    elif proc.name in ("embedder", "cache"):
+        effect = "the gateway keeps serving with the cache failing open (misses)"
+    else:
+        effect = "the gateway routes around it to the other replicas"
+    tail = "\n".join(f"  | {line}" for line in proc.tail(lines).splitlines())
+    return f"{proc.name} exited (code {code}): {effect}. Last lines of {proc.log_path}:\n{tail}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=("mock", "llamacpp"), default="mock")
@@ -133,11 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[Proc] = []
     try:
         run(args, procs)
+        reported: set[str] = set()
         while not stopping:
-            dead = [p for p in procs if not p.alive()]
-            if dead:
-                print(f"{dead[0].name} exited:\n{dead[0].tail()}", file=sys.stderr)
-                return 1
+            for dead in [p for p in procs if not p.alive() and p.name not in reported]:
+                reported.add(dead.name)
+                print(report_exit(dead), file=sys.stderr, flush=True)
+                if dead.name == "gateway":
+                    return 1
             time.sleep(0.5)
     except (RuntimeError, TimeoutError) as exc:
         print(f"could not start the stack: {exc}", file=sys.stderr)
