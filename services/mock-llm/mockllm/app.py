@@ -14,6 +14,7 @@ from aiohttp import web
 
 from llmgw_common.logs import get_logger
 from mockllm.admission import Admission
+from mockllm.engine import Engine
 from mockllm.errors import MockError, error_body
 from mockllm.faults import parse_fault
 from mockllm.generate import Generator
@@ -55,8 +56,15 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 def create_app(settings: Settings) -> web.Application:
     admission = Admission(settings.max_concurrency)
-    metrics = Metrics(admission, settings.models[0])
-    generator = Generator(settings, admission, metrics, parse_fault(settings.fault))
+    engine = Engine(settings)
+    cache = engine.cache
+    metrics = Metrics(
+        admission,
+        settings.models[0],
+        kv_usage=engine.kv_usage,
+        prefix=(lambda: (cache.queries, cache.hits)) if cache is not None else lambda: None,
+    )
+    generator = Generator(settings, admission, metrics, parse_fault(settings.fault), engine)
     created = int(time.time())
     models_body = orjson.dumps(
         {

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from llmgw_common.logs import get_logger
 from mockllm.admission import Admission
+from mockllm.engine import Engine
 from mockllm.errors import InjectedStatus, MockError
 from mockllm.faults import Fault, FaultKind
 from mockllm.metrics import Metrics
@@ -48,9 +49,15 @@ class Generator:
     """The two generation endpoints, sharing one admission queue and one set of metrics."""
 
     def __init__(
-        self, settings: Settings, admission: Admission, metrics: Metrics, default: Fault | None
+        self,
+        settings: Settings,
+        admission: Admission,
+        metrics: Metrics,
+        default: Fault | None,
+        engine: Engine | None = None,
     ) -> None:
         self._settings = settings
+        self._engine = engine if engine is not None else Engine(settings)
         self._admission = admission
         self._metrics = metrics
         self._default_fault = default
@@ -94,7 +101,9 @@ class Generator:
             await self._wait_with_pings(resp)
         else:
             await self._admission.acquire()
+        held = 0
         try:
+            held = await self._prefill(plan)
             start = asyncio.get_running_loop().time()
             fault = plan.fault
             if fault is not None and fault.kind is FaultKind.HANG:
@@ -105,8 +114,17 @@ class Generator:
                 await _forever()
             await self._send_tokens(request, resp, plan, start)
         finally:
+            self._engine.release(held)
             self._admission.release()
         return resp
+
+    async def _prefill(self, plan: Plan) -> int:
+        """The prompt's prefill (prefix cache, shared compute); the KV blocks it holds."""
+        if not self._engine.enabled:
+            return 0
+        return await self._engine.prefill(
+            plan.prompt, plan.usage.prompt_tokens, plan.usage.completion_tokens
+        )
 
     async def _wait_with_pings(self, resp: web.StreamResponse) -> None:
         """llama.cpp style: headers are out; keep the stream alive with comments until admitted."""
@@ -156,7 +174,9 @@ class Generator:
 
     async def _respond(self, request: web.Request, plan: Plan) -> web.StreamResponse:
         await self._admission.acquire()
+        held = 0
         try:
+            held = await self._prefill(plan)
             start = asyncio.get_running_loop().time()
             fault = plan.fault
             if fault is not None and fault.kind is FaultKind.HANG:
@@ -174,6 +194,7 @@ class Generator:
                 self._strike(request, plan)
                 return web.Response(status=200)  # the connection is closed: nothing is sent
         finally:
+            self._engine.release(held)
             self._admission.release()
         render = plan.renderer
         body = render.response("".join(plan.tokens), plan.finish_reason, plan.usage)

@@ -29,6 +29,7 @@ class Plan:
     ttft_s: float
     itl_s: float
     fault: Fault | None
+    prompt: str = ""  # the rendered prompt, for the prefix cache
 
     def token_due(self, index: int) -> float:
         """Seconds after admission at which token ``index`` is sent."""
@@ -78,6 +79,7 @@ def make_plan(
         ttft_s=ttft_ms / 1000.0,
         itl_s=itl_ms / 1000.0,
         fault=fault,
+        prompt=prompt_key,
     )
 
 

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     queue_style: Literal["vllm", "llamacpp"] = "vllm"
     ping_interval_ms: float = Field(default=500.0, gt=0)
     fault: str = ""
+    # The prefix cache and prefill model (docs: mockllm.prefix_cache, mockllm.prefill).
+    # 0 blocks: no prefix cache (every prompt is prefilled in full when a prefill
+    # rate is set). A prefill rate of 0: the first token takes ttft_ms whatever
+    # the prompt, as before these settings existed.
+    prefix_cache_blocks: int = Field(default=0, ge=0)
+    prefill_ms_per_token: float = Field(default=0.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_timeout_s: float = Field(default=2.0, ge=0)
 
