@@ -29,6 +29,7 @@ from semcache.metrics import CacheMetrics
 from semcache.model import (
     MISS,
     Added,
+    Candidate,
     Change,
     Cleared,
     Entry,
@@ -38,6 +39,7 @@ from semcache.model import (
     Removed,
     as_unit_vector,
 )
+from semcache.pair_verify import PairVerdict, PairVerifier
 from semcache.store import EntryStore
 
 log = get_logger(__name__)
@@ -73,6 +75,13 @@ class Limits:
     max_prompt_bytes: int = 64 << 10
     max_key_bytes: int = 1024
     candidates: int = 4
+    pair_candidates: int = 2  # the most similar screened candidates the pair model reads
+
+
+# Verdicts of the rules' stage that let a candidate go on to the pair model: it
+# passed the floor and the hard rules (the vector score's own threshold is not used).
+SCREEN_PASSES = frozenset({"ok", "below_threshold"})
+Hit = tuple[Candidate, Entry, "Verdict"]
 
 
 @dataclass(slots=True)
@@ -130,6 +139,7 @@ class SemanticCache:
         index: VectorIndex,
         verifier: Verifier,
         min_similarity: float,
+        pair: PairVerifier | None = None,
         metrics: CacheMetrics,
         state: ReplicaState | None = None,
         clock: Callable[[], float] = time.time,
@@ -138,6 +148,7 @@ class SemanticCache:
         self.store = store
         self.index = index
         self.verifier = verifier
+        self.pair = pair
         self.min_similarity = min_similarity
         self.metrics = metrics
         self.state = state or ReplicaState(ready=True)
@@ -200,36 +211,28 @@ class SemanticCache:
         floor = max(float(query.min_similarity), self.min_similarity)
         candidates = await self.index.search(namespace, vector, self.limits.candidates, floor, now)
         entries = await self.store.get_many([c.entry_id for c in candidates]) if candidates else []
-        rejected: Verdict | None = None
+        live: list[tuple[Candidate, Entry]] = []
         gone: list[Change] = []
         for candidate, entry in zip(candidates, entries, strict=True):
             if entry is None:  # deleted or expired in the store: the index lags
                 gone.append(Removed(candidate.entry_id, namespace))
-                continue
-            if entry.namespace != namespace:
-                continue
-            verdict = self.verifier.check(
-                query.prompt_text,
-                entry.prompt_text,
-                candidate.similarity,
-                query_vector=vector,
-                candidate_vector=np.frombuffer(entry.vector, dtype=np.float32)
-                if entry.vector
-                else None,
-            )
-            if verdict.accepted:
-                self._spawn(self.store.touch([entry.entry_id], now))
-                if gone:
-                    self._spawn(self.index.apply(gone))
-                self.metrics.lookups.labels("semantic_hit").inc()
-                return LookupResult(
-                    HitKind.SEMANTIC, entry, candidate.similarity,
-                    max(0.0, now - entry.created_at),
-                    verification_score=verdict.score, verification_reason=verdict.reason,
-                )  # fmt: skip
-            rejected = rejected or verdict
+            elif entry.namespace == namespace:
+                live.append((candidate, entry))
         if gone:
             self._spawn(self.index.apply(gone))
+        if self.pair is None:
+            hit, rejected = self._decide(query.prompt_text, vector, live)
+        else:
+            hit, rejected = await self._decide_with_pair(query.prompt_text, vector, live)
+        if hit is not None:
+            candidate, entry, verdict = hit
+            self._spawn(self.store.touch([entry.entry_id], now))
+            self.metrics.lookups.labels("semantic_hit").inc()
+            return LookupResult(
+                HitKind.SEMANTIC, entry, candidate.similarity,
+                max(0.0, now - entry.created_at),
+                verification_score=verdict.score, verification_reason=verdict.reason,
+            )  # fmt: skip
         if rejected is not None:
             self.metrics.lookups.labels("rejected_by_verification").inc()
             return LookupResult(
@@ -238,6 +241,65 @@ class SemanticCache:
             )  # fmt: skip
         self.metrics.lookups.labels("miss").inc()
         return MISS
+
+    def _check(self, query: str, vector: np.ndarray, candidate: Candidate, entry: Entry) -> Verdict:
+        stored = np.frombuffer(entry.vector, dtype=np.float32) if entry.vector else None
+        return self.verifier.check(
+            query, entry.prompt_text, candidate.similarity,
+            query_vector=vector, candidate_vector=stored,
+        )  # fmt: skip
+
+    def _decide(
+        self, query: str, vector: np.ndarray, live: list[tuple[Candidate, Entry]]
+    ) -> tuple[Hit | None, Verdict | None]:
+        """The floor, the rules and the vector score: the most similar accepted candidate."""
+        rejected: Verdict | None = None
+        for candidate, entry in live:
+            verdict = self._check(query, vector, candidate, entry)
+            if verdict.accepted:
+                return (candidate, entry, verdict), None
+            rejected = rejected or verdict
+        return None, rejected
+
+    async def _decide_with_pair(
+        self, query: str, vector: np.ndarray, live: list[tuple[Candidate, Entry]]
+    ) -> tuple[Hit | None, Verdict | None]:
+        """The floor and the rules screen; the pair model decides (semcache.pair_verify)."""
+        pair = self.pair
+        assert pair is not None
+        rejected: Verdict | None = None
+        screened: list[tuple[Candidate, Entry]] = []
+        for candidate, entry in live:
+            verdict = self._check(query, vector, candidate, entry)
+            if (
+                verdict.reason not in SCREEN_PASSES
+                or candidate.similarity < pair.point.min_similarity
+            ):
+                rejected = rejected or verdict
+                continue
+            refusal = pair.guard(query, entry.prompt_text)
+            if refusal == "":  # the same text
+                return (candidate, entry, PairVerdict(True, 1.0, "same_text")), None
+            if refusal is not None:
+                self.metrics.pair_verifications.labels("refused").inc()
+                rejected = rejected or PairVerdict(False, 0.0, refusal)
+                continue
+            screened.append((candidate, entry))
+        screened = screened[: self.limits.pair_candidates]
+        if not screened:
+            return None, rejected
+        started = time.perf_counter()
+        scores = await pair.scores(query, [e.prompt_text for _, e in screened])
+        self.metrics.pair_verify_seconds.observe(time.perf_counter() - started)
+        if scores is None:
+            self.metrics.pair_verifications.labels("unavailable").inc()
+            return None, PairVerdict(False, 0.0, "verifier_unavailable")
+        for (candidate, entry), score in zip(screened, scores, strict=True):
+            if score >= pair.point.threshold:
+                self.metrics.pair_verifications.labels("accepted").inc()
+                return (candidate, entry, PairVerdict(True, score, "ok")), None
+        self.metrics.pair_verifications.labels("below_threshold").inc()
+        return None, PairVerdict(False, max(scores), "below_pair_threshold")
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Work the caller need not wait for (LRU touch, dropping stale vectors)."""

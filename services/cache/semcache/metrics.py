@@ -25,6 +25,18 @@ class CacheMetrics:
             "cache_lookup_duration_seconds", "Lookup time inside the service.", ["path"],
             buckets=_FAST, registry=r,
         )  # fmt: skip
+        self.pair_verifications = Counter(
+            "cache_pair_verifications",
+            "Pair-model decisions: accepted, below_threshold, refused (text it cannot judge), "
+            "unavailable (busy, late or failing: a miss).",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        for outcome in ("accepted", "below_threshold", "refused", "unavailable"):
+            self.pair_verifications.labels(outcome)
+        self.pair_verify_seconds = Histogram(
+            "cache_pair_verify_duration_seconds", "One lookup's pair-model call, waited for.",
+            buckets=_FAST, registry=r,
+        )  # fmt: skip
         self.stores = Counter("cache_stores", "Entries stored.", registry=r)
         self.evictions = Counter(
             "cache_evictions", "Entries evicted to stay under the maximum count.", registry=r

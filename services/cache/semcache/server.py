@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -26,6 +27,7 @@ from semcache.index import FaissIndex, VectorIndex
 from semcache.memory_store import MemoryStore
 from semcache.metrics import CacheMetrics
 from semcache.namespace_index import IndexParams
+from semcache.pair_verify import PairVerifier, operating_point
 from semcache.redis_store import RedisStore
 from semcache.service import CacheServicer
 from semcache.settings import CacheSettings
@@ -99,6 +101,8 @@ class CacheServer:
                 await task
         self._tasks = []
         self.cache.index.close()
+        if self.cache.pair is not None:
+            self.cache.pair.close()
         await self.cache.store.close()
         log.info("cache_stopped")
 
@@ -143,6 +147,42 @@ def _verifier(settings: CacheSettings) -> tuple[Verifier, float]:
     return CalibratedVerifier(calibration), calibration.min_similarity
 
 
+def _pair_verifier(settings: CacheSettings) -> PairVerifier | None:
+    """The shipped cross-encoder at its calibrated threshold; None when disabled.
+
+    A model that cannot be loaded is logged and leaves no pair verifier: the
+    cache then falls back to the vector score, it never fails to start.
+    """
+    if not settings.verifier_enabled:
+        return None
+    from semcache.pair_model import MODEL_DIR, PairModel
+
+    directory = Path(settings.verifier_model_dir) if settings.verifier_model_dir else MODEL_DIR
+    try:
+        point = operating_point(
+            directory / "calibration.json",
+            settings.embedding_backend,
+            settings.verifier_target_precision,
+            settings.verifier_threshold,
+        )
+        model = PairModel(
+            directory / "model.onnx",
+            directory / "tokenizer.json",
+            threads=settings.verifier_threads,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        log.error("pair_verifier_unavailable", directory=str(directory), error=repr(exc))
+        return None
+    log.info(
+        "pair_verifier_loaded", threshold=point.threshold,
+        target_precision=point.target_precision, backend=point.backend,
+    )  # fmt: skip
+    return PairVerifier(
+        model, point, timeout_s=settings.verifier_timeout_s,
+        max_pending=settings.verifier_max_pending, threads=settings.verifier_threads,
+    )  # fmt: skip
+
+
 def create_server(
     settings: CacheSettings,
     *,
@@ -151,11 +191,13 @@ def create_server(
     verifier: Verifier | None = None,
     min_similarity: float | None = None,
     registry: CollectorRegistry = REGISTRY,
+    pair: PairVerifier | None = None,
 ) -> CacheServer:
     metrics = CacheMetrics(registry)
     if verifier is None:
         verifier, calibrated = _verifier(settings)
         min_similarity = calibrated if min_similarity is None else min_similarity
+        pair = pair or _pair_verifier(settings)
     state = ReplicaState()
     cache = SemanticCache(
         limits=Limits(
@@ -165,11 +207,13 @@ def create_server(
             max_prompt_bytes=settings.max_prompt_bytes,
             max_key_bytes=settings.max_key_bytes,
             candidates=settings.candidates,
+            pair_candidates=settings.verifier_candidates,
         ),
         store=store or _store(settings, metrics),
         index=index or _index(settings, metrics),
         verifier=verifier,
         min_similarity=min_similarity or 0.0,
+        pair=pair,
         metrics=metrics,
         state=state,
     )

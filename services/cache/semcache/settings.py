@@ -39,6 +39,19 @@ class CacheSettings(BaseSettings):
     embedding_backend: str = "onnx-int8"
     candidates: int = Field(default=4, ge=1, le=64)
 
+    # The pair verifier (a cross-encoder reading both questions; semcache.pair_verify).
+    # The threshold comes from verifier_model/calibration.json for the target precision
+    # on the tuning half and the embedding backend above; verifier_threshold > 0
+    # overrides it. Disabled: the vector score decides alone, as before.
+    verifier_enabled: bool = True
+    verifier_model_dir: str = ""  # "": the shipped semcache/verifier_model
+    verifier_target_precision: float = Field(default=0.95, gt=0.0, lt=1.0)
+    verifier_threshold: float = Field(default=0.0, ge=0.0, lt=1.0)
+    verifier_candidates: int = Field(default=2, ge=1, le=16)
+    verifier_timeout_s: float = Field(default=0.05, gt=0.0)
+    verifier_max_pending: int = Field(default=8, ge=1)  # calls in flight; more: a miss
+    verifier_threads: int = Field(default=1, ge=1)
+
     # Index.
     ivf_min_vectors: int = Field(default=8192, ge=256)  # flat below, IVF above
     ivf_nlist: int = Field(default=0, ge=0)  # 0: chosen from the size (~sqrt(n))

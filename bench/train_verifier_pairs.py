@@ -1,0 +1,435 @@
+"""Training pairs for the cache's pair verifier, made by rules from tuning questions.
+
+Used only by `bench.train_verifier`. The generators here are the TRAINING ones;
+`bench.train_verifier_eval` holds the evaluation generators, built from other
+word lists and other templates, so the evaluation measures what the model
+learned about a kind of change, not the list it was shown.
+
+Hard negatives (label 0): an opposed word swapped in, the two arguments around
+a directional word swapped, a number changed, a negation added, a name
+replaced. Hard positives (label 1): a synonym swapped in, "the X of my Y" ->
+"my Y's X", a leading clause moved to the end, case and punctuation changed,
+the same text.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+
+Maker = Callable[[str, random.Random], str | None]
+
+# Opposed pairs, one direction each way (training list; the evaluation list differs).
+_OPPOSED = """safe/unsafe safe/dangerous increase/decrease increasing/decreasing
+    adults/children adult/child on/off ascending/descending bigger/smaller
+    larger/smaller soft/hard hot/cold best/worst good/bad better/worse buy/sell
+    before/after first/last top/bottom enable/disable
+    open/close start/stop add/remove minimum/maximum min/max legal/illegal
+    possible/impossible true/false positive/negative men/women male/female
+    boys/girls husband/wife rich/poor cheap/expensive high/low higher/lower
+    easy/hard fast/slow faster/slower strong/weak import/export upload/download
+    love/hate like/dislike win/lose winning/losing gain/lose more/less most/least
+    long/short longer/shorter heavy/light heavier/lighter early/late old/new
+    older/younger young/old private/public internal/external input/output
+    encrypt/decrypt encode/decode compress/decompress lock/unlock connect/disconnect
+    install/uninstall subscribe/unsubscribe north/south east/west left/right
+    inside/outside above/below raise/lower accept/reject pass/fail
+    advantages/disadvantages pros/cons benefits/risks success/failure happy/sad
+    wet/dry thick/thin wide/narrow deep/shallow loud/quiet dark/light
+    push/pull send/receive borrow/lend import/export mother/father son/daughter
+    brother/sister boyfriend/girlfriend king/queen day/night summer/winter
+    morning/evening hire/fire join/leave allow/block include/exclude
+    overestimate/underestimate overweight/underweight beginner/expert
+    cause/cure rise/fall asleep/awake healthy/unhealthy legal/illegal
+    vegetarian/vegan raw/cooked frozen/fresh sweet/sour"""
+OPPOSED: dict[str, list[str]] = {}
+for _pair in _OPPOSED.split():
+    _x, _y = _pair.split("/")
+    OPPOSED.setdefault(_x, []).append(_y)
+    OPPOSED.setdefault(_y, []).append(_x)
+
+# Meaning-preserving substitutions (phrase -> phrase), applied one at a time.
+SYNONYMS = [
+    ("how do i", "how can i"),
+    ("how can i", "how do i"),
+    ("what is the best way to", "how do i best"),
+    ("what are some ways to", "how can i"),
+    ("what's", "what is"),
+    ("what is", "what's"),
+    ("i'm", "i am"),
+    ("don't", "do not"),
+    ("can't", "cannot"),
+    ("quickly", "fast"),
+    ("fast", "quickly"),
+    ("start", "begin"),
+    ("begin", "start"),
+    ("buy", "purchase"),
+    ("purchase", "buy"),
+    ("big", "large"),
+    ("large", "big"),
+    ("help", "assist"),
+    ("choose", "pick"),
+    ("pick", "choose"),
+    ("job", "position"),
+    ("car", "automobile"),
+    ("movie", "film"),
+    ("film", "movie"),
+    ("learn", "study"),
+    ("study", "learn"),
+    ("get rid of", "remove"),
+    ("a lot of", "many"),
+    ("many", "a lot of"),
+    ("should i", "do i need to"),
+    ("is it possible to", "can i"),
+    ("can i", "is it possible to"),
+    ("improve", "get better at"),
+    ("mistakes", "errors"),
+    ("smartphone", "phone"),
+    ("money", "cash"),
+    ("people", "persons"),
+    ("children", "kids"),
+    ("kids", "children"),
+    ("difficult", "hard"),
+    ("easiest", "simplest"),
+    ("simplest", "easiest"),
+    ("make money", "earn money"),
+    ("earn money", "make money"),
+    ("use", "utilize"),
+]
+
+DIRECTIONAL = ("to", "into", "from", "than", "vs", "vs.", "versus", "before", "after", "over")
+_AUX = re.compile(
+    r"\b(can|is|are|do|does|did|should|will|would|could|was|were|has|have)\s+(\w+)", re.I
+)
+_DIGITS = re.compile(r"\b\d+(?:\.\d+)?\b")
+_CAPITAL = re.compile(r"(?<=[a-z,] )[A-Z][a-z]{2,}\b")
+_WORDS = re.compile(r"[A-Za-z]+")
+_OF_MY = re.compile(r"\bthe (\w+) of (my|your|his|her|our|their) (\w+)\b", re.I)
+_LEAD = re.compile(r"^(In|For|During|After|Before|On|At) ([^,?]{3,30}), (.+?)\??$")
+
+# Names for entity swaps (training list).
+NAMES = [
+    "India",
+    "China",
+    "Japan",
+    "Germany",
+    "France",
+    "Italy",
+    "Spain",
+    "Brazil",
+    "Canada",
+    "Mexico",
+    "Russia",
+    "Australia",
+    "Egypt",
+    "Kenya",
+    "Nigeria",
+    "Turkey",
+    "Iran",
+    "Pakistan",
+    "Bangladesh",
+    "Vietnam",
+    "Thailand",
+    "London",
+    "Paris",
+    "Berlin",
+    "Tokyo",
+    "Delhi",
+    "Mumbai",
+    "Chennai",
+    "Boston",
+    "Chicago",
+    "Seattle",
+    "Toronto",
+    "Python",
+    "Java",
+    "Ruby",
+    "Perl",
+    "Swift",
+    "Kotlin",
+    "Rust",
+    "Scala",
+    "Haskell",
+    "Android",
+    "Windows",
+    "Linux",
+    "Google",
+    "Amazon",
+    "Facebook",
+    "Apple",
+    "Microsoft",
+    "Netflix",
+    "Uber",
+    "Tesla",
+    "Samsung",
+    "Intel",
+    "Trump",
+    "Obama",
+    "Clinton",
+    "Modi",
+    "Lincoln",
+    "Einstein",
+    "Newton",
+    "Darwin",
+    "Shakespeare",
+    "Gandhi",
+]
+
+STOP = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "for",
+        "from",
+        "by",
+        "with",
+        "and",
+        "or",
+        "is",
+        "are",
+        "was",
+        "be",
+        "my",
+        "your",
+        "i",
+        "you",
+        "it",
+        "this",
+        "that",
+        "what",
+        "which",
+        "who",
+        "how",
+        "why",
+        "when",
+        "where",
+        "do",
+        "does",
+        "can",
+        "should",
+    ]
+)
+
+
+def _match_case(new: str, old: str) -> str:
+    return new.capitalize() if old[:1].isupper() else new
+
+
+def opposed(text: str, rng: random.Random) -> str | None:
+    words = [m for m in _WORDS.finditer(text) if m.group().lower() in OPPOSED]
+    if not words:
+        return None
+    m = rng.choice(words)
+    new = _match_case(rng.choice(OPPOSED[m.group().lower()]), m.group())
+    return text[: m.start()] + new + text[m.end() :]
+
+
+_MOVE = frozenset(
+    [
+        "convert",
+        "converting",
+        "translate",
+        "translating",
+        "switch",
+        "switching",
+        "move",
+        "moving",
+        "migrate",
+        "migrating",
+        "transfer",
+        "transferring",
+        "change",
+        "changing",
+        "travel",
+        "fly",
+        "drive",
+        "go",
+        "going",
+        "send",
+        "sending",
+        "port",
+    ]
+)
+_FROM_TO = re.compile(r"\b(from) (\w+) (to|into) (\w+)", re.I)
+
+
+def swapped(text: str, rng: random.Random) -> str | None:
+    """'A to B' -> 'B to A' for one content word on each side of a directional word."""
+    m = _FROM_TO.search(text)
+    if m is not None and m.group(2).lower() != m.group(4).lower():
+        a, b = m.group(2), m.group(4)
+        return text[: m.start()] + f"{m.group(1)} {b} {m.group(3)} {a}" + text[m.end() :]
+    tokens = text.rstrip("?").split()
+    spots = []
+    for i in range(1, len(tokens) - 1):
+        word = tokens[i].lower()
+        left = i - 2 if word == "than" else i - 1
+        if left < 0 or word not in DIRECTIONAL:
+            continue
+        if word in ("to", "into", "from") and not _MOVE & {
+            t.lower() for t in tokens[max(0, i - 4) : i]
+        }:
+            continue
+        right = i + 2 if tokens[i + 1].lower() in ("a", "an", "the") else i + 1
+        if right >= len(tokens):
+            continue
+        x, y = tokens[left].lower(), tokens[right].lower()
+        if x not in STOP and y not in STOP and x != y:
+            spots.append((left, right))
+    if not spots:
+        return None
+    i, j = rng.choice(spots)
+    tokens[i], tokens[j] = tokens[j], tokens[i]
+    return " ".join(tokens) + ("?" if text.endswith("?") else "")
+
+
+def number(text: str, rng: random.Random) -> str | None:
+    m = _DIGITS.search(text)
+    if m is None:
+        return None
+    value = float(m.group())
+    step = rng.choice((1, 2, 3, 5, 10, 100))
+    new = value + step if rng.random() < 0.5 or value <= step else value - step
+    new_text = f"{new:g}" if "." in m.group() else str(int(new))
+    return text[: m.start()] + new_text + text[m.end() :]
+
+
+_SUBJECT_AUX = re.compile(
+    r"\b(i|you|we|they|he|she|it|people|one) (can|should|do|does|did|will|would|could|must)"
+    r" (\w+)",
+    re.I,
+)
+_WHY_AUX = re.compile(r"^(why|how come|when) (is|are|do|does|did|can|should|was|were) ", re.I)
+_AUX_SUBJECT = re.compile(r"\b(should|can|do|does|could|would|will) (i|you|we|they|it) ", re.I)
+_NT = {"can": "can't", "will": "won't"}
+
+
+def negated(text: str, rng: random.Random) -> str | None:
+    if re.search(r"\b(not|no|never|without)\b|n't", text, re.I):
+        return None
+    m = _AUX_SUBJECT.search(text) or _SUBJECT_AUX.search(text)
+    if m is not None:
+        return text[: m.end(2)] + " not" + text[m.end(2) :]
+    m = _WHY_AUX.match(text)
+    if m is not None:
+        aux = m.group(2).lower()
+        return f"{m.group(1)} {_NT.get(aux, aux + 'n' + chr(39) + 't')} " + text[m.end() :]
+    return None
+
+
+_QUALIFIERS = (
+    " for beginners",
+    " for kids",
+    " at night",
+    " for free",
+    " online",
+    " as a student",
+    " in winter",
+    " for a small business",
+    " on a budget",
+    " at home",
+    " for women",
+    " in the long term",
+    " for seniors",
+    " during pregnancy",
+    " on Windows",
+    " on a Mac",
+)
+
+
+def qualified(text: str, rng: random.Random) -> str | None:
+    """A scope added on one side: 'best way to learn X' vs '... for beginners'."""
+    if not text.endswith("?") or len(text) > 120:
+        return None
+    return text[:-1].rstrip() + rng.choice(_QUALIFIERS) + "?"
+
+
+def entity(text: str, rng: random.Random) -> str | None:
+    found = [m for m in _CAPITAL.finditer(text)]
+    named = [m for m in found if m.group() in NAMES] or found
+    if not named:
+        return None
+    m = rng.choice(named)
+    new = rng.choice([n for n in NAMES if n.lower() not in text.lower()])
+    return text[: m.start()] + new + text[m.end() :]
+
+
+def synonym(text: str, rng: random.Random) -> str | None:
+    lower = text.lower()
+    options = [(a, b) for a, b in SYNONYMS if re.search(rf"\b{re.escape(a)}\b", lower)]
+    if not options:
+        return None
+    a, b = rng.choice(options)
+    m = re.search(rf"\b{re.escape(a)}\b", lower)
+    assert m is not None
+    return text[: m.start()] + _match_case(b, text[m.start() : m.end()]) + text[m.end() :]
+
+
+def possessive(text: str, rng: random.Random) -> str | None:
+    m = _OF_MY.search(text)
+    if m is None:
+        return None
+    return text[: m.start()] + f"{m.group(2)} {m.group(3)}'s {m.group(1)}" + text[m.end() :]
+
+
+def reordered(text: str, rng: random.Random) -> str | None:
+    m = _LEAD.match(text.strip())
+    if m is None:
+        return None
+    rest = m.group(3)
+    return f"{rest[0].upper()}{rest[1:]} {m.group(1).lower()} {m.group(2)}?"
+
+
+def surface(text: str, rng: random.Random) -> str | None:
+    """Case and punctuation only."""
+    choice = rng.randrange(3)
+    if choice == 0:
+        return text.lower()
+    if choice == 1:
+        return text.rstrip("?").rstrip() if text.endswith("?") else text + "?"
+    return re.sub(r"\s+", " ", text.replace(",", "")).strip()
+
+
+NEGATIVES: dict[str, Maker] = {
+    "opposed": opposed,
+    "swapped": swapped,
+    "number": number,
+    "negation": negated,
+    "entity": entity,
+    "qualified": qualified,
+}
+POSITIVES: dict[str, Maker] = {
+    "synonym": synonym,
+    "possessive": possessive,
+    "reordered": reordered,
+    "surface": surface,
+}
+
+
+def generated(texts: list[str], per_kind: int, seed: int) -> list[tuple[str, str, int, str]]:
+    """(a, b, label, kind) rows: up to `per_kind` of each generator, from `texts`."""
+    rng = random.Random(seed)
+    pool = sorted(set(texts))
+    rng.shuffle(pool)
+    out: list[tuple[str, str, int, str]] = []
+    for label, makers in ((0, NEGATIVES), (1, POSITIVES)):
+        for kind, make in makers.items():
+            made = 0
+            for text in pool:
+                changed = make(text, rng)
+                if changed and changed.strip() != text.strip():
+                    pair = (changed, text) if rng.random() < 0.5 else (text, changed)
+                    out.append((*pair, label, kind))
+                    made += 1
+                if made >= per_kind:
+                    break
+    for text in pool[: per_kind // 2]:
+        out.append((text, text, 1, "identical"))
+    return out
