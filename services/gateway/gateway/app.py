@@ -25,6 +25,7 @@ from gateway.api.embeddings import embeddings_router
 from gateway.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.api.system import system_router
 from gateway.asgi import HotPaths
+from gateway.balance.affinity import AffinityConfig
 from gateway.balance.breaker import BreakerConfig
 from gateway.balance.discovery import Discovery, fetch_models, parse_target
 from gateway.balance.engine_poller import EnginePoller
@@ -55,6 +56,12 @@ def pool_config(settings: GatewaySettings) -> PoolConfig:
         penalty_s=settings.failure_penalty_s,
         decode_weight=settings.decode_weight,
         ttft_failure_limit_s=settings.slow_ttft_s,
+        affinity=AffinityConfig(
+            enabled=settings.prefix_affinity,
+            capacity_tokens=settings.prefix_cache_tokens,
+            token_cost_s=settings.prefill_s_per_token,
+            load_factor=settings.prefix_load_factor,
+        ),
         breaker=BreakerConfig(
             consecutive_failures=settings.breaker_consecutive_failures,
             failure_rate=settings.breaker_failure_rate,

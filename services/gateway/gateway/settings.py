@@ -86,6 +86,18 @@ class GatewaySettings(BaseSettings):
         description="load weight of a stream past its first token (1 for one-at-a-time servers)",
     )
     slow_ttft_s: float = Field(30.0, gt=0, description="a slower first token is a failure")
+    prefix_affinity: bool = Field(
+        True, description="route long prompts where their prefix is cached"
+    )
+    prefix_cache_tokens: int = Field(
+        262_144, ge=1, description="prefix cache per endpoint assumed by the router, in tokens"
+    )
+    prefill_s_per_token: float = Field(
+        0.0001, ge=0, description="prefill time per uncached prompt token, for affinity scores"
+    )
+    prefix_load_factor: float = Field(
+        1.25, ge=1, description="no affinity to an endpoint above this multiple of the mean load"
+    )
     max_attempts: int = Field(3, ge=1, description="tries per request before the first byte")
     retry_budget_ratio: float = Field(0.2, ge=0, le=1, description="retries / recent requests")
     retry_budget_min_per_s: float = Field(3.0, ge=0, description="retries always allowed")

@@ -10,7 +10,10 @@ A request's hit is the longest run of leading blocks present, counted in
 tokens as vLLM counts ``vllm:prefix_cache_hits`` (never the whole prompt:
 vLLM always computes at least the last token). The blocks are added once the
 prefill is done, so two identical prompts arriving together both miss, as
-on vLLM. When full, the least recently used block goes first.
+on vLLM. When full, the least recently used block goes first; a prompt's
+blocks are touched tail first, so its head is the most recent (vLLM frees a
+request's blocks in reverse order for the same reason: a tail without its
+head is useless).
 
 Pure: no clock, no I/O.
 """
@@ -58,8 +61,9 @@ class PrefixCache:
         for h in hashes:
             if h not in self._blocks:
                 break
-            self._blocks.move_to_end(h)
             found += 1
+        for h in reversed(hashes[:found]):
+            self._blocks.move_to_end(h)
         hit = max(0, min(found * BLOCK_TOKENS, prompt_tokens - 1))
         self.queries += prompt_tokens
         self.hits += hit
@@ -68,7 +72,7 @@ class PrefixCache:
     def insert(self, hashes: list[bytes]) -> None:
         """The prompt's blocks are computed: keep them, evicting the least recently used."""
         blocks = self._blocks
-        for h in hashes:
+        for h in reversed(hashes):
             if h in blocks:
                 blocks.move_to_end(h)
             else:

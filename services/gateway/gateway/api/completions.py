@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -10,6 +12,7 @@ from gateway.api.body import parse, read_body, request_id
 from gateway.api.openapi import COMPLETION_RESPONSES
 from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.asgi import Handler
+from gateway.balance.prefix import PromptPrefix, prompt_prefix
 from gateway.cache.keys import prompt_text
 from gateway.cache.policy import OPT_IN_HEADER
 from gateway.errors import InvalidRequest
@@ -19,6 +22,26 @@ from gateway.serving import Completions
 from gateway.settings import GatewaySettings
 from gateway.tenancy import Tenant
 from gateway.tracing import Tracing
+
+
+def routing_prefix(req: ChatCompletionRequest | CompletionRequest) -> PromptPrefix | None:
+    """The prompt as the model server renders it, in order, for prefix affinity."""
+    if isinstance(req, CompletionRequest):
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            prompt = prompt[0]  # a batch of prompts: routed by the first
+        return prompt_prefix((prompt,)) if isinstance(prompt, str) else None
+    return prompt_prefix(_message_parts(req))
+
+
+def _message_parts(req: ChatCompletionRequest) -> Iterator[str]:
+    for message in req.messages:
+        yield message.role
+        content = message.content
+        if isinstance(content, str):
+            yield content
+        elif isinstance(content, list):
+            yield from (p["text"] for p in content if isinstance(p.get("text"), str))
 
 
 def completions_routes(
@@ -60,6 +83,8 @@ def completions_routes(
             upstream_id=upstream_id if upstream_id != rid else "",
             receive=request.receive,
         )
+        if settings.prefix_affinity:
+            call.prefix = routing_prefix(req)
         if settings.log_prompts:
             call.prompt = prompt_text(req)
         if tracing.enabled:

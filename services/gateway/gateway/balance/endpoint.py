@@ -28,9 +28,10 @@ that kind has waited: an endpoint that went silent has already shown that it
 is at least that slow, before any timeout says so.
 
 When an ejection ends (breaker half-open), both costs are reset to zero
-("unknown"): the endpoint is then preferred by P2C for the few probe requests
-its breaker admits, instead of waiting tens of seconds for a failure penalty
-to decay, and the first probe's answer replaces the zero.
+("unknown") and its prefix index is emptied: the endpoint is then preferred
+by P2C for the few probe requests its breaker admits, instead of waiting
+tens of seconds for a failure penalty to decay, and the first probe's answer
+replaces the zero.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from gateway.balance.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from gateway.balance.engine import EngineConfig, EngineStats, extra_pending
 from gateway.balance.peak_ewma import PeakEwma
+from gateway.balance.prefix_index import BlockIndex
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class Endpoint:
         "draining",
         "engine",
         "pending",
+        "prefixes",
         "spec",
         "ttft",
         "unary",
@@ -86,8 +89,10 @@ class Endpoint:
         default_rtt_s: float,
         breaker: BreakerConfig,
         now: float,
+        prefix_capacity: int = 1,
     ) -> None:
         self.spec = spec
+        self.prefixes = BlockIndex(prefix_capacity)  # prompt blocks probably cached there
         self.ttft = PeakEwma(tau_s, default_rtt_s, now)  # streams: time to first token
         self.whole = PeakEwma(tau_s, default_rtt_s, now)  # non-streamed: whole response
         self.breaker = CircuitBreaker(breaker, now)
@@ -111,6 +116,7 @@ class Endpoint:
             self._probing_after = breaker.ejections
             self.ttft.reset(0.0, now)
             self.whole.reset(0.0, now)
+            self.prefixes.clear()  # it was down: it may have restarted with an empty cache
 
     def eligible(self, now: float) -> bool:
         self.sync(now)

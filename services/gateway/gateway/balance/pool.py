@@ -25,12 +25,15 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from gateway.balance import affinity
+from gateway.balance.affinity import AffinityConfig
 from gateway.balance.breaker import BreakerConfig, BreakerState
 from gateway.balance.endpoint import Endpoint, EndpointSpec
 from gateway.balance.engine import EngineConfig, EngineStats
 from gateway.balance.errors import NoEndpoint, UnknownModel
 from gateway.balance.outcome import Outcome
 from gateway.balance.p2c import PowerOfTwoChoices, two_distinct
+from gateway.balance.prefix import BLOCK_TOKENS, PromptPrefix
 from gateway.balance.retry_budget import RetryBudget, RetryBudgetConfig
 
 __all__ = ["EndpointSpec", "EndpointState", "Lease", "Pool", "PoolConfig"]
@@ -38,6 +41,9 @@ __all__ = ["EndpointSpec", "EndpointState", "Lease", "Pool", "PoolConfig"]
 Clock = Callable[[], float]
 
 DECODE_WEIGHT = 0.1  # see docs/routing.md, "decode weight"
+# A TTFT sample keeps at least this share of itself when the expected prefill
+# is taken off (a prefill rate set too high must not make an endpoint free).
+PREFILL_FLOOR = 0.25
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class PoolConfig:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     retry_budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
 
 
 @dataclass(frozen=True)
@@ -76,10 +83,31 @@ class EndpointState:
 class Lease:
     """One attempt on one endpoint. Release it exactly once, in a ``finally``."""
 
-    __slots__ = ("_ep", "_pool", "_released", "_start", "_ttft", "endpoint", "panic", "stream")
+    __slots__ = (
+        "_ep",
+        "_pool",
+        "_prefill_s",
+        "_released",
+        "_start",
+        "_ttft",
+        "endpoint",
+        "panic",
+        "stream",
+    )
 
-    def __init__(self, pool: Pool, ep: Endpoint, start: float, panic: bool, stream: bool) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        ep: Endpoint,
+        start: float,
+        panic: bool,
+        stream: bool,
+        prefill_s: float = 0.0,
+    ) -> None:
         self._pool = pool
+        # The expected prefill of the prompt's uncached part: taken off the TTFT
+        # sample, so that the cost measures the endpoint, not the prompt's size.
+        self._prefill_s = prefill_s
         self._ep = ep
         self._start = start
         self._ttft: float | None = None
@@ -98,7 +126,8 @@ class Lease:
         if self.stream and self._ttft is None and not self._released:
             now = self._pool._clock()
             self._ttft = now - self._start
-            self._ep.ttft.observe(self._ttft, now)
+            sample = max(self._ttft - self._prefill_s, PREFILL_FLOOR * self._ttft)
+            self._ep.ttft.observe(sample, now)
             self._ep.waiting.pop(self, None)
 
     def release(self, outcome: Outcome, retry_after_s: float | None = None) -> None:
@@ -149,6 +178,7 @@ class Pool:
                     default_rtt_s=self._config.default_rtt_s,
                     breaker=self._config.breaker,
                     now=now,
+                    prefix_capacity=self._config.affinity.capacity_blocks,
                 )
             else:
                 ep.spec = spec
@@ -214,12 +244,22 @@ class Pool:
 
     # -- the request path ------------------------------------------------------
 
-    def acquire(self, model: str, exclude: Collection[str] = (), *, stream: bool = True) -> Lease:
+    def acquire(
+        self,
+        model: str,
+        exclude: Collection[str] = (),
+        *,
+        stream: bool = True,
+        prefix: PromptPrefix | None = None,
+    ) -> Lease:
         """Choose an endpoint for one attempt at ``model``.
 
         ``exclude`` names endpoints this request already tried; ``stream``
         says whether the answer is streamed (routed and sampled by time to
-        first token) or not (by whole-response time). Raises
+        first token) or not (by whole-response time); ``prefix``, the
+        prompt's block hashes, turns on prefix affinity for prompts of at
+        least ``affinity.min_blocks`` blocks (:mod:`gateway.balance.affinity`),
+        the rest go by P2C. Raises
         :class:`UnknownModel` if no endpoint serves the model and
         :class:`NoEndpoint` if all that do are excluded. When every candidate
         is ejected (or rate limited) the least bad one is chosen and the
@@ -231,7 +271,12 @@ class Pool:
         now = self._clock()
         self._budget.record_request(now)
         panic = False
-        ep = self._pick_fast(candidates, exclude, now, stream)
+        ep = None
+        blocks = prefix.blocks if prefix is not None and self._config.affinity.enabled else ()
+        if prefix is not None and len(blocks) >= self._config.affinity.min_blocks:
+            ep = self._pick_affine(candidates, exclude, now, stream, prefix)
+        if ep is None:
+            ep = self._pick_fast(candidates, exclude, now, stream)
         if ep is None:
             ep = self._pick_slow(candidates, exclude, now, stream)
         if ep is None:
@@ -241,7 +286,12 @@ class Pool:
             raise NoEndpoint(model)
         ep.pending += 1
         ep.breaker.admit(now)
-        return Lease(self, ep, now, panic, stream)
+        prefill_s = 0.0
+        if prefix is not None and blocks:
+            held = ep.prefixes.match(blocks) * BLOCK_TOKENS
+            prefill_s = max(0, prefix.tokens - held) * self._config.affinity.token_cost_s
+            ep.prefixes.record(blocks)
+        return Lease(self, ep, now, panic, stream, prefill_s)
 
     def can_retry(self) -> bool:
         """Whether the retry budget allows one more retry; counts it when it does."""
@@ -272,6 +322,28 @@ class Pool:
         if not (a.eligible(now) and b.eligible(now)):
             return None
         return b if self._load(b, now, stream) < self._load(a, now, stream) else a
+
+    def _pick_affine(
+        self,
+        candidates: Sequence[Endpoint],
+        exclude: Collection[str],
+        now: float,
+        stream: bool,
+        prefix: PromptPrefix,
+    ) -> Endpoint | None:
+        """Expected time to first token with prefix affinity, within the bounded load."""
+        usable = [e for e in candidates if e.spec.name not in exclude and e.eligible(now)]
+        if len(usable) <= 1:
+            return usable[0] if usable else None
+        i = affinity.choose(
+            [e.spec.name for e in usable],
+            [self._load(e, now, stream) for e in usable],
+            [e.prefixes.match(prefix.blocks) for e in usable],
+            prefix.tokens,
+            prefix.anchor,
+            self._config.affinity,
+        )
+        return usable[i]
 
     def _pick_slow(
         self, candidates: Sequence[Endpoint], exclude: Collection[str], now: float, stream: bool

@@ -7,6 +7,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.balance.prefix import PromptPrefix
+
 # Request headers never forwarded to a backend: hop-by-hop ones, those the
 # upstream client sets itself, and credentials meant for the gateway.
 _DROP = frozenset(
@@ -81,5 +83,6 @@ class Call:
     span: Any = None  # tracing: the request's root span and its context (None: off)
     trace: Any = None
     upstream_span: Any = None
+    prefix: PromptPrefix | None = None  # the prompt's block hashes, for prefix affinity
     prompt: str | None = None  # only when GATEWAY_LOG_PROMPTS is on
     completion: str | None = None

@@ -118,7 +118,7 @@ class Upstream:
 
     def _acquire(self, call: Call, tried: list[str]) -> Lease | None:
         try:
-            lease = self._pool.acquire(call.model, tried, stream=call.stream)
+            lease = self._pool.acquire(call.model, tried, stream=call.stream, prefix=call.prefix)
         except UnknownModel as exc:
             raise ModelNotFound(f"The model {call.model!r} does not exist") from exc
         except NoEndpoint:
