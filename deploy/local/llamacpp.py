@@ -19,13 +19,16 @@ once (CI's step and a test fixture, two sessions) build it once.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -43,8 +46,9 @@ SERVER_DISTS = ("sse-starlette", "starlette-context", "pydantic-settings", "uvic
 BUILD_ENV = {
     "CMAKE_ARGS": "-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
     "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF",
-    "CMAKE_BUILD_PARALLEL_LEVEL": "2",
+    "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
 }
+PROGRESS = re.compile(r"\[\s*(\d+)%\]")  # cmake's "[ 45%] Building CXX object ..."
 READY_TIMEOUT_S = 60.0
 
 Start = Callable[[Proc, Callable[[], bool], float, list[Proc]], None]
@@ -99,10 +103,37 @@ def ensure_wheel() -> Path:
     _say(f"building llama-cpp-python {VERSION} into {wheels} (about 3.5 minutes, once)")
     with tempfile.TemporaryDirectory(dir=wheels) as tmp:
         spec = f"llama-cpp-python=={VERSION}"
-        _checked(_pip("wheel", "--no-deps", "-w", tmp, spec, env=BUILD_ENV), "pip wheel")
+        _build_wheel(tmp, spec)
         (built,) = Path(tmp).glob("*.whl")
         os.replace(built, wheels / built.name)  # atomic: a half-built wheel is never seen
     return wheels / built.name
+
+
+def _build_wheel(into: str, spec: str) -> None:
+    """``pip wheel`` with cmake's progress shown: one line per 10% or per 20 s."""
+    argv = [PYTHON, "-m", "pip", "--disable-pip-version-check", "--no-input", "wheel", "-v"]
+    argv += ["--no-deps", "-w", into, spec]
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    started = shown_at = time.monotonic()
+    shown = -10
+    with subprocess.Popen(
+        argv,
+        env={**os.environ, **BUILD_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            match = PROGRESS.search(line)
+            now = time.monotonic()
+            if match and (int(match[1]) >= shown + 10 or now - shown_at >= 20):
+                shown, shown_at = int(match[1]), now
+                _say(f"compiling llama.cpp {shown:3d}% ({now - started:.0f} s)")
+    if proc.returncode != 0:
+        raise RuntimeError(f"pip wheel failed ({proc.returncode}):\n" + "\n".join(tail))
+    _say(f"built the wheel in {time.monotonic() - started:.0f} s")
 
 
 def model_path() -> Path:

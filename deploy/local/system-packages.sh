@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Install the system packages a target needs, from Debian's archive, when they
+# are missing: `make test` (and `make setup`) call it before anything else, so a
+# fresh Debian machine needs no other command. Prints nothing when all is there.
+#
+#   system-packages.sh test     what the tests run: redis-server, promtool,
+#                               kubectl (kustomize), and cmake + g++ for llama.cpp
+#   system-packages.sh venv     what `make setup` needs: Python's venv module
+#   system-packages.sh docker   the Docker engine (docker.io), and mmdebstrap for
+#                               `make base-images`
+#
+# Where it cannot install (not root, no apt-get), it stops with one line
+# naming the packages to install. The packages' own daemons (Debian starts
+# redis-server and prometheus on install) are stopped: tests start their own
+# on free ports.
+set -euo pipefail
+
+missing=()
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+case "${1:-test}" in
+  venv)
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv) ;;
+  test)
+    need redis-server redis-server
+    need promtool prometheus
+    need kubectl kubernetes-client
+    need cmake cmake
+    need g++ g++ ;;
+  docker)
+    need dockerd docker.io
+    need mmdebstrap mmdebstrap ;;
+  *) echo "usage: $0 venv|test|docker" >&2; exit 2 ;;
+esac
+((${#missing[@]})) || exit 0
+
+if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "missing system packages: install ${missing[*]} (Debian/Ubuntu names) and run make again" >&2
+  exit 1
+fi
+echo "system packages: installing ${missing[*]} from Debian's archive (about a minute)" >&2
+export DEBIAN_FRONTEND=noninteractive
+# The package lists of a fresh image are empty: fetch them once (an hour is fresh enough).
+lists=/var/lib/apt/lists
+if [[ -z $(find "$lists" -maxdepth 1 -name '*Packages*' -mmin -60 2>/dev/null | head -1) ]]; then
+  apt-get update -qq
+fi
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts the packages' daemons; nothing here may hold their ports.
+for unit in redis-server prometheus; do
+  [[ " ${missing[*]} " == *" $unit "* ]] || continue
+  if command -v systemctl >/dev/null 2>&1; then systemctl stop "$unit" >/dev/null 2>&1 || true; fi
+  pkill -x "$unit" >/dev/null 2>&1 || true
+done
+echo "system packages: installed ${missing[*]}" >&2
