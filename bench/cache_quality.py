@@ -7,7 +7,9 @@ pair labelled 0 is a wrong answer served. Pairs are split in two by a hash of
 their text: the tuning half is only used by `bench.cache_fit` (which prints the
 constants to ship in semcache/calibration.py); every table here is measured on
 the held-out half, for cosine thresholds, the text score (no vectors) and the
-vector score (the learned metric), through the shipped `Verifier` itself.
+vector score (the learned metric), through the shipped `Verifier` itself, and
+then for the pair verifier (the cross-encoder after the rules; its tables,
+adversarial sets and hand-written sets are in `bench.train_verifier_report`).
 Embeddings are computed once per backend and cached under .cache/.
 """
 
@@ -386,6 +388,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backend", choices=BACKENDS, default="onnx-int8")
     parser.add_argument("--audit", type=int, default=0, help="print N wrong hits to read")
+    parser.add_argument("--no-pair", action="store_true", help="skip the pair verifier's tables")
     args = parser.parse_args()
     pairs = load_pairs()
     u, v = pair_vectors(args.backend, "qqp", pairs.text_a, pairs.text_b)
@@ -395,6 +398,10 @@ def main() -> None:
     tune = Half.of(pairs, ~pairs.held_out, u, v)
     reasons = report(held, tune, cal, unseen(pairs)[pairs.held_out])
     adversarial(args.backend, held, cal)
+    if not args.no_pair:
+        from bench.train_verifier_report import report as pair_report
+
+        pair_report(args.backend, cal, held, unseen(pairs)[pairs.held_out])
     if args.audit:
         audit(held.pairs, reasons.get("vector", reasons["text"]), args.audit)
 

@@ -118,6 +118,8 @@ class PairVerifier:
 
     def guard(self, query: str, candidate: str) -> str | None:
         """Why this pair is refused without the model ("" = the same text: accept)."""
+        if not query.strip() or not candidate.strip():
+            return "empty_text"
         if _same(query, candidate):
             return ""
         return text_guard(query, candidate) or self.scorer.unjudgeable(query, candidate)
