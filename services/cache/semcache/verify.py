@@ -14,7 +14,12 @@ cosine 0.97. So every candidate FAISS returns goes through, in order:
    side only, the question word and the length ratio. Both are fitted offline
    by `bench/cache_fit.py` (semcache/calibration.py).
 
-No model call: about 40 microseconds of CPU to analyse a question not seen
+When the pair verifier is loaded (the default; semcache.pair_verify), step 3's
+threshold is not used: every candidate that passes steps 1 and 2 goes to a
+cross-encoder that reads both questions together, and its calibrated
+probability decides.
+
+This module makes no model call: about 40 microseconds of CPU to analyse a question not seen
 before (an LRU cache keeps the query across its candidates and frequent
 candidates), and under 10 more for the vector score's two dot products.
 The measured precision and recall, and what still fails: docs/cache-quality.md.
