@@ -150,13 +150,31 @@ def test_vectors_are_unit_length_with_the_advertised_dimension(onnx, torch_refer
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
 
 
+# Dynamic quantization scales activations per batch, so company moves a vector a
+# little. `python -m bench.embedder_parity` (6,591 texts in 300 random batches of
+# 2 to 64 QQP questions, some with a long neighbour) measured on this machine:
+# min 0.9774, 0.1% quantile 0.9810, 1% 0.9873, mean 0.9928; another CPU gave 0.979
+# on this test's sentences. The bound doubles the worst measured deviation
+# (1 - 0.977 = 0.023, so 0.95): loose enough for any CPU's int8 kernels, and a
+# vector that loses its attention mask or pooling in a batch falls far below it.
+ALONE_VS_BATCHED_MIN_COSINE = 0.95
+
+
 def test_a_text_embeds_nearly_the_same_alone_or_in_a_batch(onnx) -> None:
-    # Dynamic quantization scales activations per batch, so company matters a little.
-    batched = _embed(onnx, SENTENCES)
-    alone = np.stack([_embed(onnx, [text])[0] for text in SENTENCES])
-    cosines = (batched * alone).sum(axis=1)
-    print(f"\nint8 alone vs batched cosine: min {cosines.min():.4f} mean {cosines.mean():.4f}")
-    assert cosines.min() > 0.98
+    rng = np.random.default_rng(3)
+    alone = {text: _embed(onnx, [text])[0] for text in SENTENCES}
+    long_neighbour = " ".join(SENTENCES[::2])
+    cosines = []
+    for size in (2, 3, 5, 8, 13, len(SENTENCES)) * 4:
+        batch = [str(t) for t in rng.choice(SENTENCES, size=size, replace=False)]
+        if rng.random() < 0.5:
+            batch.append(long_neighbour)
+        for text, vector in zip(batch, _embed(onnx, batch), strict=True):
+            if text in alone:
+                cosines.append(float(vector @ alone[text]))
+    worst = min(cosines)
+    print(f"\nint8 alone vs batched cosine over {len(cosines)}: min {worst:.4f}")
+    assert worst > ALONE_VS_BATCHED_MIN_COSINE
 
 
 def test_texts_past_256_word_pieces_are_cut_and_flagged(onnx) -> None:
