@@ -93,7 +93,7 @@ class GatewaySettings(BaseSettings):
         262_144, ge=1, description="prefix cache per endpoint assumed by the router, in tokens"
     )
     prefill_s_per_token: float = Field(
-        0.0001, ge=0, description="prefill time per uncached prompt token, for affinity scores"
+        0.00005, ge=0, description="prefill time per uncached prompt token, for affinity scores"
     )
     prefix_load_factor: float = Field(
         1.25, ge=1, description="no affinity to an endpoint above this multiple of the mean load"

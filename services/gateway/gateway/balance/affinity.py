@@ -12,14 +12,17 @@ prefill of the part of the prompt it does not hold. Three rules keep
 affinity from hurting:
 
 * **Bounded load.** An endpoint whose load is above ``load_factor`` times the
-  mean load of the eligible endpoints is not a candidate (the bounded-load
-  idea of consistent hashing, Mirrokni et al. 2018): a hot prefix spills to
-  the next endpoint instead of piling onto one, and a slow replica, whose load
-  is its slow first token, is out as long as it is slow.
-* **A miss is spread.** When no candidate holds any block, the prompt goes to
-  the candidate ranked first by rendezvous hashing (highest random weight) of
-  the prefix's anchor block and the endpoint's name: different prefixes land
-  on different endpoints, and the same prefix on the same one.
+  mean load of the eligible endpoints, or which has more than ``load_factor``
+  times its fair share of the requests in flight (counting this one), is not
+  a candidate (the bounded-load idea of consistent hashing, Mirrokni et al.
+  2018): a hot prefix spills to the next endpoint instead of piling onto one,
+  and a slow replica, whose load is its slow first token, is out as long as
+  it is slow.
+* **A miss is spread.** When no candidate holds any block, the prompt goes,
+  among the candidates whose load is at most about the mean, to the one ranked
+  first by rendezvous hashing (highest random weight) of the prefix's anchor
+  block and the endpoint's name: different prefixes land on different
+  endpoints, the same prefix on the same one, and never on a busy one.
 * **Agreement without shared state.** Rendezvous ranks depend only on the
   prefix and the endpoint names, so gateway replicas in front of one pool
   send a new conversation to the same endpoint (while it is within bounds),
@@ -31,17 +34,22 @@ Pure: the caller passes loads already computed at ``now``.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.balance.prefix import BLOCK_TOKENS
+
+# A miss goes to an endpoint no busier than this multiple of the mean load:
+# just above 1, so that the noise between equal endpoints does not decide.
+MISS_TOLERANCE = 1.1
 
 
 @dataclass(frozen=True)
 class AffinityConfig:
     enabled: bool = True
     capacity_tokens: int = 262_144  # an endpoint's prefix cache, in tokens
-    token_cost_s: float = 0.0001  # prefill time per uncached prompt token
+    token_cost_s: float = 0.00005  # prefill time per uncached prompt token (20k tokens/s)
     load_factor: float = 1.25  # affinity only below this multiple of the mean load
     min_blocks: int = 2  # shorter prompts are routed by load alone (P2C)
 
@@ -61,17 +69,26 @@ def rendezvous_weight(anchor: int, name: str) -> int:
 def choose(
     names: Sequence[str],
     loads: Sequence[float],
+    pending: Sequence[int],
     matched: Sequence[int],
-    tokens: int,
-    anchor: int,
+    prefix: tuple[int, int],
     config: AffinityConfig,
 ) -> int:
-    """The index of the endpoint to use (``names`` not empty, all eligible)."""
-    mean = sum(loads) / len(loads)
+    """The index of the endpoint to use (``names`` not empty, all eligible).
+
+    ``prefix`` is the prompt's (tokens, anchor hash).
+    """
+    tokens, anchor = prefix
+    n = len(loads)
+    mean = sum(loads) / n
     cap = config.load_factor * mean
-    allowed = [i for i, load in enumerate(loads) if load <= cap] or [_argmin(loads)]
+    slots = math.ceil(config.load_factor * (sum(pending) + 1) / n)
+    allowed = [i for i in range(n) if loads[i] <= cap and pending[i] < slots]
+    allowed = allowed or [_argmin(loads)]
     if not any(matched[i] for i in allowed):
-        return max(allowed, key=lambda i: rendezvous_weight(anchor, names[i]))
+        # A miss: among the endpoints no busier than the mean, the prefix's own.
+        light = [i for i in allowed if loads[i] <= MISS_TOLERANCE * mean] or allowed
+        return max(light, key=lambda i: rendezvous_weight(anchor, names[i]))
     best, best_score = allowed[0], float("inf")
     for i in allowed:
         uncached = max(0, tokens - matched[i] * BLOCK_TOKENS)

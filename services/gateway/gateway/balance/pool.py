@@ -338,9 +338,9 @@ class Pool:
         i = affinity.choose(
             [e.spec.name for e in usable],
             [self._load(e, now, stream) for e in usable],
+            [e.pending for e in usable],
             [e.prefixes.match(prefix.blocks) for e in usable],
-            prefix.tokens,
-            prefix.anchor,
+            (prefix.tokens, prefix.anchor),
             self._config.affinity,
         )
         return usable[i]
