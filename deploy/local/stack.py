@@ -20,6 +20,8 @@ import json
 import signal
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from deploy.local.procs import (
     PYTHON,
@@ -32,13 +34,33 @@ from deploy.local.procs import (
 )
 
 LOG_DIR = ROOT / "var" / "log"
-GATEWAY_PORT, MOCK_PORTS, EMBEDDER_PORT, CACHE_PORT, REDIS_PORT = (
-    8000,
-    (8001, 8002),
-    50051,
-    50052,
-    6379,
-)
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Where each process listens; ``--port-offset`` shifts them all (a second
+    stack next to the first, or a test's)."""
+
+    gateway: int = 8000
+    mocks: tuple[int, ...] = (8001, 8002)
+    embedder: int = 50051
+    cache: int = 50052
+    redis: int = 6379
+    embedder_metrics: int = 9101
+    cache_metrics: int = 9102
+
+    def shifted(self, offset: int) -> Ports:
+        return Ports(
+            gateway=self.gateway + offset,
+            mocks=tuple(port + offset for port in self.mocks),
+            embedder=self.embedder + offset,
+            cache=self.cache + offset,
+            redis=self.redis + offset,
+            embedder_metrics=self.embedder_metrics + offset,
+            cache_metrics=self.cache_metrics + offset,
+        )
+
+
 MOCK_MODEL = "mock-llama-3-8b"
 
 CURLS = """
@@ -69,49 +91,64 @@ def start(proc: Proc, ready: object, timeout: float, procs: list[Proc]) -> None:
     proc.wait_until(ready, timeout=timeout)  # type: ignore[arg-type]
 
 
-def mock_backends(procs: list[Proc]) -> tuple[list[dict[str, object]], str]:
-    backends = []
-    for i, port in enumerate(MOCK_PORTS, start=1):
+def mock_backends(
+    procs: list[Proc], ports: Ports, log_dir: Path
+) -> tuple[list[dict[str, object]], str]:
+    backends: list[dict[str, object]] = []
+    for i, port in enumerate(ports.mocks, start=1):
         env = {"MOCKLLM_PORT": str(port), "MOCKLLM_MODELS": MOCK_MODEL}
-        proc = Proc(f"mock-llm-{i}", [PYTHON, "-m", "mockllm"], env=env, log_dir=LOG_DIR)
+        proc = Proc(f"mock-llm-{i}", [PYTHON, "-m", "mockllm"], env=env, log_dir=log_dir)
         start(proc, lambda p=port: http_ok(f"http://127.0.0.1:{p}/health"), 30, procs)
         backends.append({"url": f"http://127.0.0.1:{port}", "models": [MOCK_MODEL]})
     return backends, MOCK_MODEL
 
 
-def llamacpp_backends(procs: list[Proc]) -> tuple[list[dict[str, object]], str]:
+def llamacpp_backends(
+    procs: list[Proc], ports: Ports, log_dir: Path
+) -> tuple[list[dict[str, object]], str]:
     from deploy.local import llamacpp
 
-    return llamacpp.start_replicas(procs, MOCK_PORTS, LOG_DIR, start)
+    return llamacpp.start_replicas(procs, ports.mocks, log_dir, start)
 
 
 def run(args: argparse.Namespace, procs: list[Proc]) -> None:
+    ports: Ports = Ports().shifted(args.port_offset)
+    log_dir: Path = args.log_dir
     redis_url = args.redis_url
     if args.redis == "local":
-        start(redis_proc(REDIS_PORT, log_dir=LOG_DIR), redis_ready(REDIS_PORT), 15, procs)
-        redis_url = f"redis://127.0.0.1:{REDIS_PORT}/0"
-    embedder_env = {"EMBEDDER_PORT": str(EMBEDDER_PORT)}
-    embedder = Proc("embedder", [PYTHON, "-m", "embedder"], log_dir=LOG_DIR, env=embedder_env)
-    start(embedder, lambda: grpc_serving(EMBEDDER_PORT), 300, procs)
-    cache_env = {"CACHE_PORT": str(CACHE_PORT), "CACHE_REDIS_URL": redis_url or ""}
-    cache = Proc("cache", [PYTHON, "-m", "semcache"], log_dir=LOG_DIR, env=cache_env)
-    start(cache, lambda: grpc_serving(CACHE_PORT), 120, procs)
-    backends, model = (llamacpp_backends if args.backend == "llamacpp" else mock_backends)(procs)
+        redis = redis_proc(ports.redis, log_dir=log_dir)
+        start(redis, redis_ready(ports.redis), 15, procs)
+        redis_url = f"redis://127.0.0.1:{ports.redis}/0"
+    embedder_env = {
+        "EMBEDDER_PORT": str(ports.embedder),
+        "EMBEDDER_METRICS_PORT": str(ports.embedder_metrics),
+    }
+    embedder = Proc("embedder", [PYTHON, "-m", "embedder"], log_dir=log_dir, env=embedder_env)
+    start(embedder, lambda: grpc_serving(ports.embedder), 300, procs)
+    cache_env = {
+        "CACHE_PORT": str(ports.cache),
+        "CACHE_METRICS_PORT": str(ports.cache_metrics),
+        "CACHE_REDIS_URL": redis_url or "",
+    }
+    cache = Proc("cache", [PYTHON, "-m", "semcache"], log_dir=log_dir, env=cache_env)
+    start(cache, lambda: grpc_serving(ports.cache), 120, procs)
+    backends_of = llamacpp_backends if args.backend == "llamacpp" else mock_backends
+    backends, model = backends_of(procs, ports, log_dir)
     gateway_env = {
-        "GATEWAY_PORT": str(GATEWAY_PORT),
+        "GATEWAY_PORT": str(ports.gateway),
         "GATEWAY_BACKENDS": json.dumps(backends),
-        "GATEWAY_EMBEDDER_TARGET": f"127.0.0.1:{EMBEDDER_PORT}",
-        "GATEWAY_CACHE_TARGET": f"127.0.0.1:{CACHE_PORT}",
+        "GATEWAY_EMBEDDER_TARGET": f"127.0.0.1:{ports.embedder}",
+        "GATEWAY_CACHE_TARGET": f"127.0.0.1:{ports.cache}",
         # llama.cpp serves one request at a time: a decoding stream blocks the next.
         "GATEWAY_DECODE_WEIGHT": "1" if args.backend == "llamacpp" else "0.1",
     }
     start(
-        Proc("gateway", [PYTHON, "-m", "gateway"], env=gateway_env, log_dir=LOG_DIR),
-        lambda: http_ok(f"http://127.0.0.1:{GATEWAY_PORT}/readyz"),
+        Proc("gateway", [PYTHON, "-m", "gateway"], env=gateway_env, log_dir=log_dir),
+        lambda: http_ok(f"http://127.0.0.1:{ports.gateway}/readyz"),
         60,
         procs,
     )
-    print(CURLS.format(port=GATEWAY_PORT, model=model, logs=LOG_DIR), flush=True)
+    print(CURLS.format(port=ports.gateway, model=model, logs=log_dir), flush=True)
 
 
 def report_exit(proc: Proc, lines: int = 10) -> str:
@@ -143,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         help="embedded: in-process store; local: start redis-server :6379",
     )
     parser.add_argument("--redis-url", default="", help="use this Redis instead")
+    parser.add_argument("--port-offset", type=int, default=0, help="add this to every port")
+    parser.add_argument("--log-dir", type=Path, default=LOG_DIR, help="where the logs go")
     args = parser.parse_args(argv)
     stopping = False
 
