@@ -72,12 +72,6 @@ MOCK_ENV = {
     "MOCKLLM_MODELS": MODEL,
     "MOCKLLM_LOG_LEVEL": "warning",
     "MOCKLLM_PREFIX_CACHE_BLOCKS": str(CACHE_BLOCKS),
-    "MOCKLLM_PREFILL_MS_PER_TOKEN": str(PREFILL_MS_PER_TOKEN),
-}
-AFFINITY_ENV = {
-    "GATEWAY_PREFIX_AFFINITY": "true",
-    "GATEWAY_PREFIX_CACHE_TOKENS": str(CACHE_BLOCKS * BLOCK_TOKENS),
-    "GATEWAY_PREFILL_S_PER_TOKEN": str(PREFILL_MS_PER_TOKEN / 1000),
 }
 USERS = 64
 WARMUP_S = 5.0
@@ -182,11 +176,16 @@ def _ok(url: str) -> Callable[[], bool]:
     return lambda: http_ok(url)
 
 
-def start(procs: list[Proc]) -> Stack:
+def start(procs: list[Proc], prefill_ms: float) -> Stack:
+    """The mocks (prefill ``prefill_ms`` per uncached token) and the three gateways."""
     mocks, started = [], []
     for i in range(REPLICAS):
         port = free_port()
-        env = {**MOCK_ENV, "MOCKLLM_PORT": str(port)}
+        env = {
+            **MOCK_ENV,
+            "MOCKLLM_PORT": str(port),
+            "MOCKLLM_PREFILL_MS_PER_TOKEN": str(prefill_ms),
+        }
         proc = Proc(f"mock{i}", [PYTHON, "-m", "mockllm"], env=env, log_dir=LOG_DIR).start()
         procs.append(proc)
         started.append(proc)
@@ -194,11 +193,16 @@ def start(procs: list[Proc]) -> Stack:
     for proc, url in zip(started, mocks, strict=True):
         proc.wait_until(_ok(f"{url}/health"), timeout=30)
     backends = json.dumps([{"url": url, "models": [MODEL]} for url in mocks])
+    affinity = {
+        "GATEWAY_PREFIX_AFFINITY": "true",
+        "GATEWAY_PREFIX_CACHE_TOKENS": str(CACHE_BLOCKS * BLOCK_TOKENS),
+        "GATEWAY_PREFILL_S_PER_TOKEN": str(prefill_ms / 1000),
+    }
     gateways = {}
     for name, extra in (
         ("p2c", {"GATEWAY_PREFIX_AFFINITY": "false"}),
-        ("affinity", AFFINITY_ENV),
-        ("affinity-2", AFFINITY_ENV),
+        ("affinity", affinity),
+        ("affinity-2", affinity),
     ):
         port = free_port()
         env = {"GATEWAY_PORT": str(port), "GATEWAY_BACKENDS": backends, **extra}
@@ -357,6 +361,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=15.0, help="measured s per phase")
     parser.add_argument("--repeats", type=int, default=1, help="phases per router and workload")
     parser.add_argument("--workloads", default="multi-turn,unique,hot,two-gateways")
+    parser.add_argument(
+        "--prefill-ms",
+        type=float,
+        default=PREFILL_MS_PER_TOKEN,
+        help="mock prefill per uncached token (the affinity gateways are told the same)",
+    )
     return parser.parse_args(argv)
 
 
@@ -383,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bench.prefix_routing  {info['date']}")
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}; Python {info['python']}; load {load}")
     print(
-        f"{REPLICAS} mocks: 20 ms base TTFT + {PREFILL_MS_PER_TOKEN} ms per uncached token "
+        f"{REPLICAS} mocks: 20 ms base TTFT + {args.prefill_ms:g} ms per uncached token "
         f"(shared compute), {CACHE_BLOCKS} x {BLOCK_TOKENS}-token cache blocks, 16 tokens "
         f"at 5 ms; {USERS} users, 0.3-1.5 s think time; {args.duration:g} s measured per "
         f"phase after {WARMUP_S:g} s of warm-up; logs in {LOG_DIR}\n",
@@ -393,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[Proc] = []
     phases: list[Phase] = []
     try:
-        stack = start(procs)
+        stack = start(procs, args.prefill_ms)
         print(
             "| workload | router | requests | errors | req/s | TTFT p50 ms | TTFT p99 ms "
             "| hit rate | ideal | of ideal | busiest replica |"

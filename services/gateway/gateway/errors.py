@@ -13,6 +13,7 @@
     ├── Overloaded                    503 overloaded_error        (Retry-After)
     ├── NoBackendAvailable            503 service_unavailable
     ├── UpstreamError                 502 upstream_error
+    │   ├── RequestFailedEverywhere   502 upstream_error / request_failed (x-should-retry: false)
     │   └── UpstreamTimeout           504 upstream_timeout
     └── DependencyUnavailable         503 service_unavailable     (a sidecar)
 
@@ -112,6 +113,18 @@ class UpstreamError(GatewayError):
     status = 502
     type = "upstream_error"
     code = "bad_gateway"
+
+
+class RequestFailedEverywhere(UpstreamError):
+    """Two replicas failed the same request with a 5xx: the request, not them, is at fault.
+
+    ``x-should-retry: false`` tells OpenAI's SDKs not to retry it.
+    """
+
+    code = "request_failed"
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "x-should-retry": "false"}
 
 
 class UpstreamTimeout(UpstreamError):

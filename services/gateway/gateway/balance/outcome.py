@@ -93,3 +93,24 @@ def classify(
     if not terminal_seen:
         return Outcome.STREAM_TRUNCATED
     return Outcome.SUCCESS
+
+
+# How vLLM, llama.cpp's server and TGI word a prompt too long for the model's
+# context (lower case). Such an answer is the client's 400 whatever status it
+# came with: never retried, never a failure of the replica.
+_CONTEXT_OVERFLOW = (
+    "maximum context length",  # vLLM / OpenAI: "This model's maximum context length is 8192 tokens"
+    "exceeds the available context size",  # llama.cpp server
+    "exceed_context_size",  # llama.cpp server, error type
+    "context length exceeded",
+    "context_length_exceeded",  # OpenAI code
+    "must have less than",  # TGI: "`inputs` must have less than 4096 tokens"
+    "tokens + `max_new_tokens` must be <=",  # TGI
+    "prompt is too long",
+)
+
+
+def is_context_overflow(message: str) -> bool:
+    """Whether a backend's error message says the prompt does not fit the context."""
+    text = message.lower()
+    return any(marker in text for marker in _CONTEXT_OVERFLOW)

@@ -85,11 +85,13 @@ class Lease:
 
     __slots__ = (
         "_ep",
+        "_owed",
         "_pool",
         "_prefill_s",
         "_released",
         "_start",
         "_ttft",
+        "_waited",
         "endpoint",
         "panic",
         "stream",
@@ -112,6 +114,8 @@ class Lease:
         self._start = start
         self._ttft: float | None = None
         self._released = False
+        self._owed = False  # a failure held back until the request's fate is known
+        self._waited = 0.0
         self.endpoint = ep.spec
         self.panic = panic
         self.stream = stream
@@ -130,14 +134,32 @@ class Lease:
             self._ep.ttft.observe(sample, now)
             self._ep.waiting.pop(self, None)
 
-    def release(self, outcome: Outcome, retry_after_s: float | None = None) -> None:
-        """End the attempt: pending drops, the breaker hears the outcome. Idempotent."""
+    def release(
+        self, outcome: Outcome, retry_after_s: float | None = None, *, defer_blame: bool = False
+    ) -> None:
+        """End the attempt: pending drops, the breaker hears the outcome. Idempotent.
+
+        With ``defer_blame`` a failure is held back: the endpoint is charged
+        only when :meth:`blame` is called (another endpoint answered the same
+        request, so this one was at fault), never if :meth:`forgive` is (the
+        request fails everywhere: it is the request's fault, not the endpoint's).
+        """
         if self._released:
             return
         self._released = True
         self._ep.waiting.pop(self, None)
         self._ep.unary.pop(self, None)
-        self._pool._finish(self, outcome, retry_after_s)
+        self._pool._finish(self, outcome, retry_after_s, defer_blame)
+
+    def blame(self) -> None:
+        """Charge the endpoint with the failure held back at release (once)."""
+        if self._owed:
+            self._owed = False
+            self._pool._charge(self)
+
+    def forgive(self) -> None:
+        """Drop the failure held back at release: the endpoint is not charged."""
+        self._owed = False
 
 
 class Pool:
@@ -368,15 +390,18 @@ class Pool:
                 best, best_key = ep, key
         return best
 
-    def _finish(self, lease: Lease, outcome: Outcome, retry_after_s: float | None) -> None:
+    def _finish(
+        self, lease: Lease, outcome: Outcome, retry_after_s: float | None, defer: bool = False
+    ) -> None:
         ep, now, config = lease._ep, self._clock(), self._config
         ep.pending -= 1
         if outcome.is_failure:
-            waited = now - lease._start if lease._ttft is None else 0.0
-            penalty = max(config.penalty_s, waited)
-            ep.ttft.observe(penalty, now)
-            ep.whole.observe(penalty, now)
-            ep.breaker.failure(now)
+            lease._waited = now - lease._start if lease._ttft is None else 0.0
+            if defer:
+                lease._owed = True
+                ep.breaker.neutral(now)  # gives a probe slot back; charged later, or never
+            else:
+                self._charge(lease)
         elif outcome is Outcome.SUCCESS:
             self._succeeded(ep, lease, now)
         else:
@@ -387,6 +412,14 @@ class Pool:
             ep.breaker.neutral(now)
         if ep.draining and ep.pending <= 0 and self._endpoints.get(ep.spec.name) is ep:
             del self._endpoints[ep.spec.name]
+
+    def _charge(self, lease: Lease) -> None:
+        """A failure counts against the endpoint: a latency penalty and the breaker."""
+        ep, now = lease._ep, self._clock()
+        penalty = max(self._config.penalty_s, lease._waited)
+        ep.ttft.observe(penalty, now)
+        ep.whole.observe(penalty, now)
+        ep.breaker.failure(now)
 
     def _succeeded(self, ep: Endpoint, lease: Lease, now: float) -> None:
         """A complete answer: its latency sample, then success or a too-slow failure.

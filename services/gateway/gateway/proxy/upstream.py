@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 
 from gateway.balance.errors import NoEndpoint, UnknownModel
-from gateway.balance.outcome import ErrorKind, Outcome, classify
+from gateway.balance.outcome import ErrorKind, Outcome, classify, is_context_overflow
 from gateway.balance.pool import Lease, Pool
 from gateway.errors import (
     GatewayError,
@@ -26,6 +26,7 @@ from gateway.errors import (
     ModelNotFound,
     NoBackendAvailable,
     RateLimited,
+    RequestFailedEverywhere,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -45,12 +46,24 @@ class Opened:
     first_chunk: bytes  # streams: first body bytes; non-streamed: the whole body
 
 
+# A 500 may be the request's doing (a field that crashes the server's handler);
+# 502-504 say the server is down, overloaded or cut off: charged at once.
+REQUEST_FAULT_STATUSES = frozenset({500})
+
+
 class _Retryable(Exception):
-    def __init__(self, outcome: Outcome, error: GatewayError, retry_after: float | None = None):
+    def __init__(
+        self,
+        outcome: Outcome,
+        error: GatewayError,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ):
         super().__init__(error.message)
         self.outcome = outcome
         self.error = error
         self.retry_after = retry_after
+        self.status = status
 
 
 class Upstream:
@@ -92,8 +105,17 @@ class Upstream:
         return self._session
 
     async def open(self, call: Call) -> Opened:
-        """Try endpoints until one answers; raise the last error if none does."""
+        """Try endpoints until one answers; raise the last error if none does.
+
+        A 500 is held against its endpoint only when another endpoint then
+        answers the same request (the first was at fault). When a second
+        endpoint also answers 500, the request is at fault: neither is
+        charged, it is not retried again, and the client gets a 502 that tells
+        SDKs not to retry. With no second opinion (no other endpoint, no retry
+        budget, the client left) nobody is charged: blame needs evidence.
+        """
         tried: list[str] = []
+        suspects: list[Lease] = []
         last: GatewayError = NoBackendAvailable(f"no backend available for model {call.model!r}")
         for attempt in range(self._settings.max_attempts):
             if attempt and not self._pool.can_retry():
@@ -105,15 +127,25 @@ class Upstream:
             tried.append(lease.endpoint.name)
             call.attempts += 1
             try:
-                return await self._attempt(lease, call)
+                opened = await self._attempt(lease, call)
             except _Retryable as failure:
-                lease.release(failure.outcome, failure.retry_after)
+                deferred = failure.status in REQUEST_FAULT_STATUSES
+                lease.release(failure.outcome, failure.retry_after, defer_blame=deferred)
                 self._metrics.upstream.labels(lease.endpoint.name, failure.outcome).inc()
-                self._metrics.retries.labels(failure.outcome).inc()
                 last = failure.error
+                if deferred and suspects:  # never charged: their held failures are dropped
+                    raise _request_failed(failure.error) from None
+                if deferred:
+                    suspects.append(lease)
+                self._metrics.retries.labels(failure.outcome).inc()
+                continue
             except BaseException:
                 lease.release(Outcome.CANCELLED)
                 raise
+            if opened.status < 400:  # another endpoint answered: the earlier 5xx were theirs
+                for suspect in suspects:
+                    suspect.blame()
+            return opened
         raise last
 
     def _acquire(self, call: Call, tried: list[str]) -> Lease | None:
@@ -183,16 +215,46 @@ class Upstream:
         call.upstream_ended = time.perf_counter()
         status = response.status
         outcome = classify(status)
+        if status >= 400 and is_context_overflow(_message(body) or ""):
+            status, body = 400, _context_error(body)  # the client's, whatever the backend said
+            return Opened(lease, status, "application/json", None, body)
         if outcome in (Outcome.SERVER_ERROR, Outcome.RATE_LIMITED):
             raise _Retryable(
                 outcome,
                 upstream_error(status, body),
                 retry_after=_retry_after(response) if status == 429 else None,
+                status=status,
             )
         content_type = response.headers.get("Content-Type", "application/json")
         if outcome is Outcome.CLIENT_ERROR:
             body, content_type = sanitize_error(status, body), "application/json"
         return Opened(lease, status, content_type, None, body)
+
+
+def _message(body: bytes) -> str | None:
+    """A backend error's message (the OpenAI ``error.message``, TGI's ``error``), first line."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    message = error.get("message") if isinstance(error, dict) else error
+    if not isinstance(message, str):
+        return None
+    return message.split("\nTraceback", 1)[0].split("\n", 1)[0][:300]
+
+
+def _context_error(body: bytes) -> bytes:
+    message = _message(body) or "The prompt is longer than the model's context"
+    return InvalidRequest(message, code="context_length_exceeded").body()
+
+
+def _request_failed(error: GatewayError) -> RequestFailedEverywhere:
+    return RequestFailedEverywhere(
+        f"The request failed on two model servers ({error.message}); it is not retried"
+    )
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:
@@ -207,6 +269,9 @@ def upstream_error(status: int, body: bytes) -> GatewayError:
     """What the client is told when every endpoint failed with ``status``."""
     if status == 429:
         return RateLimited("Every model server is rate limiting; retry later", retry_after=1)
+    message = _message(body)
+    if message and "Traceback" not in message and 'File "' not in message:
+        return UpstreamError(f"The model server answered {status}: {message}")
     return UpstreamError(f"The model server answered {status}")
 
 
