@@ -48,7 +48,19 @@ BUILD_ENV = {
     "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF",
     "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
 }
-PROGRESS = re.compile(r"\[\s*(\d+)%\]")  # cmake's "[ 45%] Building CXX object ..."
+# The build's progress lines: ninja's "[12/80] /usr/bin/g++ ..." or make's "[ 45%] Building ...".
+PROGRESS = re.compile(r"^\s*\[(?:\s*(\d+)%|(\d+)/(\d+))\]")
+
+
+def _percent(line: str) -> int | None:
+    match = PROGRESS.match(line)
+    if match is None:
+        return None
+    if match[1] is not None:
+        return int(match[1])
+    return int(match[2]) * 100 // max(int(match[3]), 1)
+
+
 READY_TIMEOUT_S = 60.0
 
 Start = Callable[[Proc, Callable[[], bool], float, list[Proc]], None]
@@ -126,10 +138,10 @@ def _build_wheel(into: str, spec: str) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             tail.append(line.rstrip())
-            match = PROGRESS.search(line)
+            percent = _percent(line)
             now = time.monotonic()
-            if match and (int(match[1]) >= shown + 10 or now - shown_at >= 20):
-                shown, shown_at = int(match[1]), now
+            if percent is not None and (percent >= shown + 10 or now - shown_at >= 20):
+                shown, shown_at = percent, now
                 _say(f"compiling llama.cpp {shown:3d}% ({now - started:.0f} s)")
     if proc.returncode != 0:
         raise RuntimeError(f"pip wheel failed ({proc.returncode}):\n" + "\n".join(tail))
