@@ -7,9 +7,13 @@ comment), whether the terminal ``data: [DONE]`` marker was seen, whether an
 error event came inside the 200 stream, and how many data events passed (the
 token estimate when the backend sends no ``usage``).
 
-Cheap substring tests run on every chunk; events are parsed only when a chunk
-may hold an error or usage. Markers split across two chunks are caught by
-keeping the tail of the previous chunk.
+Events are read line by line: the bytes after a chunk's last newline are kept
+and joined to the next chunk, so an event split across TCP reads (at any byte)
+is seen exactly as if it had come whole. Cheap substring tests run on the
+complete lines; events are parsed only when they may hold an error or usage.
+A line with no newline yet counts only once its newline arrives (an event is
+not complete before), except the terminal ``data: [DONE]``, which is known
+from its bytes.
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ _ERROR_KEY = b'"error"'
 _USAGE = b'"usage"'
 _NULL_USAGE = (b'"usage":null', b'"usage": null')
 _EMPTY = (b'"content":""', b'"content": ""', b'"text":""', b'"text": ""')
-_TAIL = 24
+# A line longer than this without a newline is not an OpenAI event: it is
+# dropped rather than buffered without bound.
+_MAX_PARTIAL = 1 << 20
 
 
 class StreamWatch:
     """Incremental facts about one SSE stream."""
 
     __slots__ = (
-        "_tail",
+        "_partial",
         "data_events",
         "done",
         "empty_events",
@@ -44,25 +50,43 @@ class StreamWatch:
         self.data_events = 0
         self.empty_events = 0  # role-only or finish-only chunks carry no token
         self.usage: dict[str, int] | None = None
-        self._tail = b""
+        self._partial = b""  # the bytes after the last newline: a line still arriving
 
     def feed(self, chunk: bytes) -> bool:
-        """Look at one chunk; True when it holds the stream's first token."""
-        window = self._tail + chunk
-        self._tail = chunk[-_TAIL:]
-        first = False
-        if not self.first_token_seen and b"data:" in window and _has_data_line(window):
-            self.first_token_seen = first = True
-        self.data_events += chunk.count(b"data:")
-        if b'""' in chunk:
-            self.empty_events += sum(map(chunk.count, _EMPTY))
-        if not self.done and _DONE in window:
+        """Look at one chunk; True when it completes the stream's first token."""
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            self._partial += chunk
+            if len(self._partial) > _MAX_PARTIAL:
+                self._partial = b""
+            elif not self.done and self._partial.rstrip(b"\r") == _DONE:
+                self.done = True
+            return False
+        lines = self._partial + chunk[: cut + 1] if self._partial else chunk[: cut + 1]
+        self._partial = chunk[cut + 1 :]
+        first = self._complete_lines(lines)
+        if not self.done and self._partial and self._partial.rstrip(b"\r") == _DONE:
             self.done = True
-            self.data_events -= 1
-        if _ERROR_KEY in chunk:
-            self._scan_events(chunk, errors=True)
-        if _USAGE in chunk and chunk.count(_USAGE) > sum(map(chunk.count, _NULL_USAGE)):
-            self._scan_events(chunk, errors=False)
+        return first
+
+    def _complete_lines(self, lines: bytes) -> bool:
+        """Facts from whole lines (``lines`` starts at a line start, ends with a newline)."""
+        if b"data:" not in lines:
+            return False
+        events = lines.count(b"\ndata:") + lines.startswith(b"data:")
+        first = False
+        if not self.first_token_seen and _has_data_line(lines):
+            self.first_token_seen = first = True
+        if _DONE in lines and _has_done_line(lines):
+            self.done = True  # (perhaps already known from the partial line)
+            events -= 1
+        self.data_events += events
+        if b'""' in lines:
+            self.empty_events += sum(map(lines.count, _EMPTY))
+        if _ERROR_KEY in lines:
+            self._scan_events(lines, errors=True)
+        if _USAGE in lines and lines.count(_USAGE) > sum(map(lines.count, _NULL_USAGE)):
+            self._scan_events(lines, errors=False)
         return first
 
     def _scan_events(self, chunk: bytes, *, errors: bool) -> None:
@@ -99,9 +123,14 @@ class StreamWatch:
         return max(0, self.data_events - self.empty_events - (1 if self.usage else 0))
 
 
-def _has_data_line(window: bytes) -> bool:
+def _has_data_line(lines: bytes) -> bool:
     """A ``data:`` line that is not the terminal marker (comments start with ``:``)."""
-    for line in window.split(b"\n"):
+    for line in lines.split(b"\n"):
         if line.startswith(b"data:") and not line.startswith(_DONE):
             return True
     return False
+
+
+def _has_done_line(lines: bytes) -> bool:
+    """The terminal marker as a line of its own (not inside a token's text)."""
+    return any(line.rstrip(b"\r") == _DONE for line in lines.split(b"\n"))
