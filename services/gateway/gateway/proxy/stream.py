@@ -67,20 +67,26 @@ class StreamResponse(Response):
         self._copy: list[bytes] | None = [] if keep_copy else None
         self._observe_gap = observe_gap
         self._client_gone = False
+        self._watch = StreamWatch()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+        """Serve the stream; whatever ends it (success, upstream failure, the
+        task cancelled, an exception while sending), ``on_done`` runs exactly
+        once, so the log line, the metrics and the in-flight gauge always see
+        the request end. An ending that is not a return is CANCELLED."""
         lease = self._opened.lease
+        outcome = Outcome.CANCELLED
         try:
-            outcome, watch = await self._serve(receive, send)
+            outcome = await self._serve(receive, send)
             lease.release(outcome)
         finally:
             lease.release(Outcome.CANCELLED)  # no-op unless cancelled above: pending drops
-        self._on_done(self._call, outcome, watch, self._copy)
+            self._on_done(self._call, outcome, self._watch, self._copy)
 
-    async def _serve(self, receive: Receive, send: Send) -> tuple[Outcome, StreamWatch]:
+    async def _serve(self, receive: Receive, send: Send) -> Outcome:
         call, opened = self._call, self._opened
         assert opened.response is not None
-        watch = StreamWatch()
+        watch = self._watch
         watcher = asyncio.ensure_future(self._watch_disconnect(receive, opened.response))
         failure: ErrorKind | None = None
         try:
@@ -104,7 +110,7 @@ class StreamResponse(Response):
                 }
             )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return outcome, watch
+        return outcome
 
     async def _pump(self, send: Send, watch: StreamWatch) -> ErrorKind | None:
         """Forward chunks until the upstream ends; return what broke it, if anything."""
