@@ -64,7 +64,7 @@ async def _in_flight(app: Any) -> float:
     return float(match[1])
 
 
-async def _stream(app: Any, *, cut: str) -> list[dict[str, Any]]:
+async def _stream(app: Any, *, cut: str) -> list[Any]:
     """One streamed chat; after two body chunks reach the client, ``cut``
     ends it: ``cancel`` cancels the serving task, ``raise`` makes the next
     send fail as a broken socket does."""
