@@ -197,9 +197,25 @@ class Upstream:
                 Outcome.STREAM_TRUNCATED,
                 UpstreamError("The model server closed the stream before sending anything"),
             )
+        if first.startswith(b'data: {"error"'):  # nothing but an error: nothing sent yet
+            response.close()
+            return self._error_first(lease, first)
         return Opened(
             lease, 200, response.headers.get("Content-Type", "text/event-stream"), response, first
         )
+
+    @staticmethod
+    def _error_first(lease: Lease, first: bytes) -> Opened:
+        """A stream whose first event is an error: a 400 if the prompt is too long, else retried.
+
+        The client has seen nothing yet, so it is treated like the same error
+        answered with a 500 (held back, blamed on the request if it repeats).
+        """
+        event = first.split(b"\n\n", 1)[0].removeprefix(b"data: ")
+        message = _message(event) or ""
+        if is_context_overflow(message):
+            return Opened(lease, 400, "application/json", None, _context_error(event))
+        raise _Retryable(Outcome.STREAM_ERROR_EVENT, upstream_error(500, event), status=500)
 
     async def _unary(self, lease: Lease, url: str, call: Call) -> Opened:
         response = await self.session.post(

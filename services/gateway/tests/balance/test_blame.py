@@ -120,3 +120,45 @@ def test_the_three_servers_wordings_are_recognised() -> None:
     ):
         assert is_context_overflow(message)
     assert not is_context_overflow("CUDA out of memory")
+
+
+async def _error_stream_app(serve_app: Any, message: str, counter: list[int]) -> str:
+    async def erring(request: web.Request) -> web.StreamResponse:
+        counter.append(1)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        event = {"error": {"message": message, "type": "InternalServerError", "code": 500}}
+        await resp.write(b"data: " + orjson.dumps(event) + b"\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", erring)
+    url: str = await serve_app(app)
+    return url
+
+
+async def test_a_stream_that_opens_with_an_error_is_blamed_like_a_500(
+    serve_app: Any, make_gateway: MakeGateway
+) -> None:
+    overflow: list[int] = []
+    crash: list[int] = []
+    too_long = [
+        await _error_stream_app(serve_app, "This model's maximum context length is 8", overflow)
+        for _ in range(2)
+    ]
+    broken = [await _error_stream_app(serve_app, "bad field", crash) for _ in range(2)]
+    gw = await make_gateway(
+        [backend(u, "long") for u in too_long] + [backend(u, "crash") for u in broken],
+        **FAST_BREAKER,
+    )
+    for _ in range(4):
+        resp = await gw.post("/v1/chat/completions", json=chat("x", model="long", stream=True))
+        assert resp.status_code == 400
+        assert resp.json()["error"]["code"] == "context_length_exceeded"
+        resp = await gw.post("/v1/chat/completions", json=chat("x", model="crash", stream=True))
+        assert resp.status_code == 502
+        assert resp.headers["x-should-retry"] == "false"
+    assert len(overflow) == 4  # never retried
+    assert len(crash) == 8  # tried on both, then given up
+    ejections = samples((await gw.get("/metrics")).text, "gateway_backend_ejections")
+    assert set(ejections.values()) == {0.0}
