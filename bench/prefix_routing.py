@@ -29,7 +29,8 @@ the mocks' prefix hit rate (their ``vllm:prefix_cache_hits`` over
 the same requests, computed by the client with the mock's block hashes) and
 the busiest replica's share of the requests. At the end, the time to hash a
 1 MB prompt against a short one. Bounded: about ``2 x repeats x 4 phases x
-(duration + 5 s)`` plus start-up.
+(duration + 5 s)`` plus start-up. ``--slow`` makes replica 4 ten times slower
+to its first token (200 ms base), to see how much traffic it still gets.
 """
 
 from __future__ import annotations
@@ -176,8 +177,11 @@ def _ok(url: str) -> Callable[[], bool]:
     return lambda: http_ok(url)
 
 
-def start(procs: list[Proc], prefill_ms: float) -> Stack:
-    """The mocks (prefill ``prefill_ms`` per uncached token) and the three gateways."""
+def start(procs: list[Proc], prefill_ms: float, slow: bool) -> Stack:
+    """The mocks (prefill ``prefill_ms`` per uncached token) and the three gateways.
+
+    With ``slow`` the last mock's base time to first token is ten times longer.
+    """
     mocks, started = [], []
     for i in range(REPLICAS):
         port = free_port()
@@ -186,6 +190,8 @@ def start(procs: list[Proc], prefill_ms: float) -> Stack:
             "MOCKLLM_PORT": str(port),
             "MOCKLLM_PREFILL_MS_PER_TOKEN": str(prefill_ms),
         }
+        if slow and i == REPLICAS - 1:
+            env["MOCKLLM_TTFT_MS"] = "200"
         proc = Proc(f"mock{i}", [PYTHON, "-m", "mockllm"], env=env, log_dir=LOG_DIR).start()
         procs.append(proc)
         started.append(proc)
@@ -251,6 +257,7 @@ class Phase:
     hit_rate: float
     ideal: float
     busiest: float
+    last: float  # the last replica's share (the slow one with --slow)
 
     def ttft(self, q: float) -> float:
         values = [s.ttft for s in self.samples if s.ttft is not None and s.error is None]
@@ -303,6 +310,7 @@ async def run_phase(stack: Stack, router: str, kind: str, seed: int, duration_s:
         (after.hits - before.hits) / queries if queries else 0.0,
         ideal.hits / ideal.queries if ideal.queries else 0.0,
         max(served) / sum(served) if sum(served) else 0.0,
+        served[-1] / sum(served) if sum(served) else 0.0,
     )
 
 
@@ -315,7 +323,7 @@ def row(p: Phase) -> str:
     return (
         f"| {p.workload} | {p.router} | {len(ok)} | {errors} | {len(ok) / p.window_s:.1f} | "
         f"{p.ttft(50):.1f} | {p.ttft(99):.1f} | {p.hit_rate:.1%} | {p.ideal:.1%} | "
-        f"{p.hit_rate / p.ideal if p.ideal else 0:.2f} | {p.busiest:.1%} |"
+        f"{p.hit_rate / p.ideal if p.ideal else 0:.2f} | {p.busiest:.1%} | {p.last:.1%} |"
     )
 
 
@@ -362,6 +370,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="phases per router and workload")
     parser.add_argument("--workloads", default="multi-turn,unique,hot,two-gateways")
     parser.add_argument(
+        "--slow", action="store_true", help="replica 4 has a 10x base TTFT (200 ms)"
+    )
+    parser.add_argument(
         "--prefill-ms",
         type=float,
         default=PREFILL_MS_PER_TOKEN,
@@ -403,12 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[Proc] = []
     phases: list[Phase] = []
     try:
-        stack = start(procs, args.prefill_ms)
+        stack = start(procs, args.prefill_ms, args.slow)
         print(
             "| workload | router | requests | errors | req/s | TTFT p50 ms | TTFT p99 ms "
-            "| hit rate | ideal | of ideal | busiest replica |"
+            "| hit rate | ideal | of ideal | busiest replica | replica 4 |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
         for seed, (router, kind) in enumerate(plan(args), start=1):
             phase = asyncio.run(run_phase(stack, router, kind, seed, args.duration))
             phases.append(phase)
