@@ -138,7 +138,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     try:
         started = time.monotonic()
-        up = built.compose("up", "--build", "--detach", "--wait", *services, timeout=BUILD_TIMEOUT_S)
+        up = built.compose(
+            "up", "--build", "--detach", "--wait", *services, timeout=BUILD_TIMEOUT_S
+        )
         built.first_build_s = time.monotonic() - started
         if up.returncode != 0:
             logs = built.compose("logs", "--no-color", "--tail", "20").stdout
@@ -214,7 +216,9 @@ def test_our_services_run_as_non_root_on_a_read_only_root(stack: Stack, service:
     assert isinstance(config, dict) and isinstance(host, dict)
     assert config["User"] not in ("", "0", "root", "0:0")
     assert host["ReadonlyRootfs"] is True
-    probe = "import os\ntry:\n open('/probe', 'w')\nexcept OSError as e:\n print(os.getuid(), e.errno)"
+    probe = (
+        "import os\ntry:\n open('/probe', 'w')\nexcept OSError as e:\n print(os.getuid(), e.errno)"
+    )
     ran = stack.compose("exec", "-T", service, "python", "-c", probe)
     assert ran.returncode == 0, ran.stderr
     uid, errno = ran.stdout.split()

@@ -246,7 +246,9 @@ def test_embedder_image_builds_its_model_and_serves_it_from_there() -> None:
     # torch: the CPU build, from PyTorch's CPU index unless TORCH_INDEX_URL is set
     # empty (a local base image's wheel folder has it: make base-images).
     args = " ".join(a for op, a in steps if op == "ARG")
-    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in args, "the CPU index by default"
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in args, (
+        "the CPU index by default"
+    )
     assert '${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}' in runs
     final = final_stage("embedder")
     env = " ".join(args for op, args in final if op == "ENV")
