@@ -96,7 +96,13 @@ def mock_backends(
 ) -> tuple[list[dict[str, object]], str]:
     backends: list[dict[str, object]] = []
     for i, port in enumerate(ports.mocks, start=1):
-        env = {"MOCKLLM_PORT": str(port), "MOCKLLM_MODELS": MOCK_MODEL}
+        env = {
+            "MOCKLLM_PORT": str(port),
+            "MOCKLLM_MODELS": MOCK_MODEL,
+            # A vLLM-like prefix cache and prefill cost, so prefix-aware routing shows.
+            "MOCKLLM_PREFIX_CACHE_BLOCKS": "16384",
+            "MOCKLLM_PREFILL_MS_PER_TOKEN": "0.05",
+        }
         proc = Proc(f"mock-llm-{i}", [PYTHON, "-m", "mockllm"], env=env, log_dir=log_dir)
         start(proc, lambda p=port: http_ok(f"http://127.0.0.1:{p}/health"), 30, procs)
         backends.append({"url": f"http://127.0.0.1:{port}", "models": [MOCK_MODEL]})
