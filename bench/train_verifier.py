@@ -104,7 +104,8 @@ def train(args: argparse.Namespace, work: Path) -> Path:
     print(f"training rows: {len(rows)} (x2 orders) {counts}", file=sys.stderr)
     base = base_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    start_from = Path(args.resume) if args.resume else base  # a checkpoint of an earlier run
+    model = AutoModelForSequenceClassification.from_pretrained(start_from, num_labels=1)
     model.train()
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -137,6 +138,7 @@ def train(args: argparse.Namespace, work: Path) -> Path:
             took = time.monotonic() - start
             print(f"step {step}/{total} loss {loss.item():.4f} {took:.0f}s", file=sys.stderr)
     model.eval()
+    model.save_pretrained(work / "checkpoint")  # --resume continues from here
     return export(model, tokenizer, work)
 
 
@@ -180,7 +182,10 @@ def calibrate(model_dir: Path, targets: tuple[float, ...]) -> dict[str, object]:
     model = PairModel(model_dir / "model.onnx", model_dir / "tokenizer.json", threads=2)
     scores = np.array(model.score_pairs(half.text_a, half.text_b, batch=64))
     ruled = lexical(half).passes_rules
-    out: dict[str, object] = {"pairs": len(keep), "duplicates": int(half.label.sum())}
+    out: dict[str, object] = {
+        "pairs": len(keep),
+        "duplicates": int(half.label.sum()),
+    }
     for backend in BACKENDS:
         if not (CACHE_DIR / f"qqp-{backend}.npy").exists():
             continue
@@ -225,6 +230,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--per-kind", type=int, default=2500)
     parser.add_argument("--calibrate-only", action="store_true")
+    parser.add_argument("--resume", default="", help="a checkpoint folder to continue from")
     args = parser.parse_args()
     if not args.calibrate_only:
         int8 = train(args, ROOT / ".cache/verifier")

@@ -25,6 +25,7 @@ from semcache.pair_verify import PairVerifier, operating_point
 from semcache.verify import Verifier
 
 TARGETS = (0.90, 0.95, 0.97)
+VETO = 0.5  # the opt-in veto mode, CACHE_VERIFIER_VETO_THRESHOLD=0.5
 
 
 @dataclass
@@ -53,22 +54,29 @@ class Judge:
         point = operating_point(MODEL_DIR / "calibration.json", self.backend, target)
         return PairVerifier(self.model, point)
 
-    def screened(self, half: Half) -> tuple[np.ndarray, np.ndarray]:
-        """(passes the floor and the rules, guard: 1 same text, 0 to the model, -1 refused)."""
+    def screened(self, half: Half) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(passes the floor and the rules, guard: 1 same text, 0 to the model, -1 refused,
+        the vector score accepts)."""
         verifier, p = Verifier(self.cal), half.pairs
-        point = self.pair(0.95)
-        rows = zip(p.text_a, p.text_b, half.cos, half.u, half.v, strict=True)
-        passes, guard = [], []
-        for x, y, c, u, v in rows:
-            reason = verifier.check(x, y, float(c), u, v).reason
-            passes.append(reason in SCREEN_PASSES and c >= point.point.min_similarity)
-            g = point.guard(x, y)
+        pair = self.pair(0.95)
+        passes, guard, vector = [], [], []
+        for x, y, c in zip(p.text_a, p.text_b, half.cos, strict=True):
+            # As in the service: the store gives the verifier no stored vectors
+            # (EntryStore.get_many), so the text score and its floor apply.
+            reason = verifier.check(x, y, float(c)).reason
+            passes.append(reason in SCREEN_PASSES and c >= pair.point.min_similarity)
+            vector.append(reason == "ok")
+            g = pair.guard(x, y)
             guard.append(1 if g == "" else (0 if g is None else -1))
-        return np.array(passes), np.array(guard)
+        return np.array(passes), np.array(guard), np.array(vector)
 
-    def decide(self, half: Half, scores: np.ndarray, threshold: float) -> np.ndarray:
-        passes, guard = self.screened(half)
-        return passes & ((guard == 1) | ((guard == 0) & (scores >= threshold)))
+    def decide(
+        self, half: Half, scores: np.ndarray, threshold: float, veto: float = 2.0
+    ) -> np.ndarray:
+        """SemanticCache._decide_with_pair for one candidate, over many pairs."""
+        passes, guard, vector = self.screened(half)
+        model = (scores >= threshold) | (vector & (scores >= veto))
+        return passes & ((guard == 1) | ((guard == 0) & model))
 
 
 def _row(name: str, accepted: np.ndarray, label: np.ndarray) -> str:
@@ -91,19 +99,19 @@ def recall_at_precision(score: np.ndarray, label: np.ndarray, target: float) -> 
 def held_out(judge: Judge, held: Half, fresh: np.ndarray) -> None:
     p, label = held.pairs, held.pairs.label
     scores = judge.scores("heldout", p.text_a, p.text_b)
-    passes, guard = judge.screened(held)
+    passes, guard, vector = judge.screened(held)
     ranked = np.where(passes & (guard >= 0), np.where(guard == 1, 2.0, scores), -np.inf)
     print("\nPair verifier on the held-out half (floor + hard rules + cross-encoder):")
     print("| operating point | precision | recall | hits | wrong |\n|---|---|---|---|---|")
+    print(_row("text score alone (what the service ran before)", passes & vector, label))
     for target in TARGETS:
         t = judge.pair(target).point.threshold
-        accepted = ranked >= t
-        print(_row(f"set for {target:.2f} on tuning (t={t:.3f})", accepted, label))
-        print(
-            _row(
-                f"  same, unseen questions only ({int(fresh.sum())})", accepted[fresh], label[fresh]
-            )
-        )
+        accepted = judge.decide(held, scores, t)
+        print(_row(f"shipped: model >= {t:.3f} (set for {target:.2f} on tuning)", accepted, label))
+        unseen = f"  same, unseen questions only ({int(fresh.sum())})"
+        print(_row(unseen, accepted[fresh], label[fresh]))
+        vetoed = judge.decide(held, scores, t, VETO)
+        print(_row(f"  veto mode: text score and model >= {VETO}, or the above", vetoed, label))
     reach = float((passes & (label == 1)).sum() / label.sum())
     print(f"\nDuplicates the floor and rules let through (highest reachable recall): {reach:.3f}")
     print("| measure | cross-encoder stage | model alone, every pair |\n|---|---|---|")
@@ -135,6 +143,7 @@ def adversarial_table(judge: Judge, held: Half) -> None:
         "vector score (previous)": half.reasons(judge.cal, vectors=True) == "ok",
         "model alone": scores >= t,
         "shipped: rules + model": judge.decide(half, scores, t),
+        "veto mode": judge.decide(half, scores, t, VETO),
     }
     print("\nAdversarial pairs from the evaluation generators (not the training ones); "
           f"false hits at the 0.95 point (t={t:.3f}):")  # fmt: skip
@@ -155,15 +164,18 @@ def hand_sets(judge: Judge, show: int = 40) -> None:
         half = _eval_half(judge, f"verifier-{name}", a, b, np.full(len(a), want, dtype=np.int8))
         scores = judge.scores(name, a, b)
         shipped, alone = judge.decide(half, scores, t), scores >= t
+        veto = judge.decide(half, scores, t, VETO)
         domains = np.array([d for d, _, _ in rows])
         verb = "false hits" if want == 0 else "hits"
         print(f"\nHand-written {name} ({len(rows)} pairs), {verb} at the 0.95 point:")
-        print("| domain | pairs | shipped | model alone |\n|---|---|---|---|")
+        print("| domain | pairs | shipped | model alone | veto mode |\n|---|---|---|---|---|")
         for d in dict.fromkeys(domains.tolist()):
             m = domains == d
-            print(f"| {d} | {int(m.sum())} | {int(shipped[m].sum())} | {int(alone[m].sum())} |")
+            cells = [int(m.sum()), int(shipped[m].sum()), int(alone[m].sum()), int(veto[m].sum())]
+            print(f"| {d} | " + " | ".join(map(str, cells)) + " |")
         print(f"| all | {len(rows)} | {int(shipped.sum())} ({shipped.mean():.1%}) | "
-              f"{int(alone.sum())} ({alone.mean():.1%}) |")  # fmt: skip
+              f"{int(alone.sum())} ({alone.mean():.1%}) | "
+              f"{int(veto.sum())} ({veto.mean():.1%}) |")  # fmt: skip
         wrong = np.flatnonzero(shipped != bool(want))
         for i in wrong[:show]:
             print(f"   {'HIT ' if shipped[i] else 'MISS'} {scores[i]:.3f} cos {half.cos[i]:.3f}"

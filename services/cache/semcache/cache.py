@@ -264,11 +264,11 @@ class SemanticCache:
     async def _decide_with_pair(
         self, query: str, vector: np.ndarray, live: list[tuple[Candidate, Entry]]
     ) -> tuple[Hit | None, Verdict | None]:
-        """The floor and the rules screen; the pair model decides (semcache.pair_verify)."""
+        """The floor and the rules screen; the pair model decides or vetoes (pair_verify)."""
         pair = self.pair
         assert pair is not None
         rejected: Verdict | None = None
-        screened: list[tuple[Candidate, Entry]] = []
+        screened: list[tuple[Candidate, Entry, bool]] = []  # and: the vector score accepts
         for candidate, entry in live:
             verdict = self._check(query, vector, candidate, entry)
             if (
@@ -284,18 +284,19 @@ class SemanticCache:
                 self.metrics.pair_verifications.labels("refused").inc()
                 rejected = rejected or PairVerdict(False, 0.0, refusal)
                 continue
-            screened.append((candidate, entry))
+            screened.append((candidate, entry, verdict.accepted))
         screened = screened[: self.limits.pair_candidates]
         if not screened:
             return None, rejected
         started = time.perf_counter()
-        scores = await pair.scores(query, [e.prompt_text for _, e in screened])
+        scores = await pair.scores(query, [e.prompt_text for _, e, _ in screened])
         self.metrics.pair_verify_seconds.observe(time.perf_counter() - started)
         if scores is None:
             self.metrics.pair_verifications.labels("unavailable").inc()
             return None, PairVerdict(False, 0.0, "verifier_unavailable")
-        for (candidate, entry), score in zip(screened, scores, strict=True):
-            if score >= pair.point.threshold:
+        point = pair.point
+        for (candidate, entry, vector_ok), score in zip(screened, scores, strict=True):
+            if score >= point.threshold or (vector_ok and score >= point.veto_threshold):
                 self.metrics.pair_verifications.labels("accepted").inc()
                 return (candidate, entry, PairVerdict(True, score, "ok")), None
         self.metrics.pair_verifications.labels("below_threshold").inc()

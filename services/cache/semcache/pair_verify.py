@@ -2,10 +2,16 @@
 
 After the cosine floor and the hard rules (semcache.verify), the best
 candidates go to the cross-encoder (semcache.pair_model) in one batch per
-lookup. A candidate is a hit when its same-meaning probability reaches the
+lookup. A candidate is a hit when the model scores it at or above the
 threshold calibrated for the configured target precision
-(`verifier_model/calibration.json`, set by `bench/train_verifier.py` on the
-tuning half of the Quora pairs, per embedding backend).
+(`verifier_model/calibration.json`, set by `bench/train_verifier.py` on a
+slice of the tuning half of the Quora pairs that training never saw, per
+embedding backend).
+
+Opt-in veto mode (`veto_threshold`, off by default): a candidate the
+calibrated score of semcache.verify accepts is also a hit when the model
+scores it at least `veto_threshold` (the model then only vetoes what it reads
+as different). More recall, and less safety: see docs/cache-quality.md.
 
 What the model cannot judge is refused before it runs, unless both texts are
 the same after trimming and case-folding (`guard`): an empty question, a pair
@@ -69,14 +75,21 @@ class PairVerdict:
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    threshold: float
+    threshold: float  # the model alone accepts at or above this
     target_precision: float
     backend: str
     min_similarity: float
+    # Opt-in (CACHE_VERIFIER_VETO_THRESHOLD): a candidate the calibrated score
+    # accepts is also served when the model scores it at least this. Above 1: off.
+    veto_threshold: float = 2.0
 
 
 def operating_point(
-    calibration_json: Path, backend: str, target_precision: float, threshold: float = 0.0
+    calibration_json: Path,
+    backend: str,
+    target_precision: float,
+    threshold: float = 0.0,
+    veto_threshold: float = 0.0,
 ) -> OperatingPoint:
     """The shipped threshold for `target_precision` on `backend`'s vectors.
 
@@ -94,7 +107,8 @@ def operating_point(
     else:
         value = max(v["thresholds"][key]["threshold"] for v in entries.values())
         floor = max(v["min_similarity"] for v in entries.values())
-    return OperatingPoint(threshold or float(value), target_precision, backend, float(floor))
+    veto = veto_threshold or 2.0
+    return OperatingPoint(threshold or float(value), target_precision, backend, float(floor), veto)
 
 
 class PairVerifier:

@@ -164,6 +164,7 @@ def _pair_verifier(settings: CacheSettings) -> PairVerifier | None:
             settings.embedding_backend,
             settings.verifier_target_precision,
             settings.verifier_threshold,
+            settings.verifier_veto_threshold,
         )
         model = PairModel(
             directory / "model.onnx",

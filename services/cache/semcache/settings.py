@@ -47,6 +47,8 @@ class CacheSettings(BaseSettings):
     verifier_model_dir: str = ""  # "": the shipped semcache/verifier_model
     verifier_target_precision: float = Field(default=0.95, gt=0.0, lt=1.0)
     verifier_threshold: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # > 0: also serve what the calibrated score accepts unless the model scores it below this.
+    verifier_veto_threshold: float = Field(default=0.0, ge=0.0, lt=1.0)
     verifier_candidates: int = Field(default=2, ge=1, le=16)
     verifier_timeout_s: float = Field(default=0.05, gt=0.0)
     verifier_max_pending: int = Field(default=8, ge=1)  # calls in flight; more: a miss

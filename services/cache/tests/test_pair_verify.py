@@ -13,13 +13,12 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pytest
 from cachekit import DIM, near, unit
 from prometheus_client import CollectorRegistry
 
 from semcache.cache import Limits, LookupQuery, SemanticCache, StoreCommand
-from semcache.calibration import Calibration, VectorScore, calibration_for
+from semcache.calibration import Calibration, TextScore, calibration_for
 from semcache.index import FaissIndex
 from semcache.memory_store import MemoryStore
 from semcache.metrics import CacheMetrics
@@ -119,21 +118,23 @@ def test_the_settings_name_the_precision_the_threshold_was_set_for() -> None:
 # -- in the cache: the rules first, then the model ---------------------------------
 
 
-def _calibration() -> Calibration:
-    """The shipped rules with a vector score that would refuse everything alone."""
-    base = calibration_for("onnx-int8")
-    metric = np.zeros((2, DIM), dtype=np.float32)
-    vector = VectorScore(0.8, (0.0, 0.0, 0.0, 0.0), -10.0, 0.9, metric)
-    return Calibration("test", base.text, vector)
+def _calibration(accept: bool = False) -> Calibration:
+    """The shipped rules with a score that accepts everything, or nothing, alone.
+
+    The store hands the verifier no vectors (EntryStore.get_many), so the text
+    score is what runs in the service.
+    """
+    return Calibration("test", TextScore(0.8, (0.0, 0.0, 0.0, 0.0), 10.0 if accept else -10.0, 0.5))
 
 
-async def _cache(pair: PairVerifier | None) -> SemanticCache:
+async def _cache(pair: PairVerifier | None, accept: bool | None = False) -> SemanticCache:
+    """accept=None: the shipped calibration of the default backend, as the service runs it."""
     index = FaissIndex(IndexParams(dim=DIM), search_threads=1)
     return SemanticCache(
         limits=Limits(dim=DIM, candidates=4, pair_candidates=2),
         store=MemoryStore(max_entries=100),
         index=index,
-        verifier=Verifier(_calibration()),
+        verifier=Verifier(calibration_for("onnx-int8") if accept is None else _calibration(accept)),
         min_similarity=0.8,
         metrics=CacheMetrics(CollectorRegistry()),
         pair=pair,
@@ -141,10 +142,13 @@ async def _cache(pair: PairVerifier | None) -> SemanticCache:
 
 
 async def _ask(
-    pair: PairVerifier | None, stored: str, asked: str, cos: float = 0.95
+    pair: PairVerifier | None,
+    stored: str,
+    asked: str,
+    cos: float = 0.95,
+    accept: bool | None = False,
 ) -> LookupResult:
-
-    cache = await _cache(pair)
+    cache = await _cache(pair, accept)
     v = unit(1)
     await cache.store_entry(StoreCommand("ns", b"answer", prompt_text=stored, vector=v.tolist()))
     query = LookupQuery("ns", vector=near(v, cos).tolist(), prompt_text=asked)
@@ -159,6 +163,14 @@ async def test_the_model_decides_what_the_rules_let_through() -> None:
     assert hit.kind is HitKind.SEMANTIC and hit.verification_score == 0.9
     low = await _ask(PairVerifier(FakeScorer(0.2), POINT), "How do I cook rice?", "Cooking rice?")
     assert low.kind is HitKind.MISS and low.verification_reason == "below_pair_threshold"
+
+
+async def test_the_model_vetoes_what_the_score_accepts_when_it_reads_them_as_different() -> None:
+    q, c = "How do I cook rice?", "Cooking rice?"
+    vetoed = await _ask(PairVerifier(FakeScorer(0.4), POINT), q, c, accept=True)
+    assert vetoed.kind is HitKind.MISS
+    kept = await _ask(PairVerifier(FakeScorer(0.6), POINT), q, c, accept=True)
+    assert kept.kind is HitKind.SEMANTIC
 
 
 async def test_the_rules_refuse_before_the_model_runs() -> None:
@@ -208,7 +220,7 @@ async def test_the_issues_near_misses_are_misses(
     shipped: PairVerifier, stored: str, asked: str
 ) -> None:
     for cos in (0.93, 0.99):  # the similarity the issue saw, about
-        result = await _ask(shipped, stored, asked, cos)
+        result = await _ask(shipped, stored, asked, cos, accept=None)
         assert result.kind is HitKind.MISS, (stored, asked, result)
 
 
@@ -241,8 +253,8 @@ BAD_INPUT = [
 async def test_bad_input_never_crashes_and_never_hits(
     shipped: PairVerifier, stored: str, asked: str
 ) -> None:
-    assert (await _ask(shipped, stored, asked)).kind is HitKind.MISS
-    same = await _ask(shipped, stored, stored)
+    assert (await _ask(shipped, stored, asked, accept=None)).kind is HitKind.MISS
+    same = await _ask(shipped, stored, stored, accept=None)
     assert same.kind is (HitKind.SEMANTIC if stored.strip() else HitKind.MISS)
 
 
