@@ -74,9 +74,10 @@ The stack is up. Logs: {logs}
   for i in 1 2; do curl -s -o /dev/null -D - http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{{"model": "{model}", "temperature": 0, "messages": [{{"role": "user", "content": "What is a semantic cache?"}}]}}' | grep -i x-cache; done
 
-  # a paraphrase comes from the cache too: X-Cache: HIT-SEMANTIC
-  curl -s -o /dev/null -D - http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' \\
-    -d '{{"model": "{model}", "temperature": 0, "messages": [{{"role": "user", "content": "What does a semantic cache do?"}}]}}' | grep -i x-cache
+  # a paraphrase the cache's verifier is sure of comes from the cache too: X-Cache: HIT-SEMANTIC
+  for q in "How do I reset the password of my router?" "How can I reset my router's password?"; do
+    curl -s -o /dev/null -D - http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d "{{\\"model\\": \\"{model}\\", \\"temperature\\": 0, \\"messages\\": [{{\\"role\\": \\"user\\", \\"content\\": \\"$q\\"}}]}}" | grep -i x-cache; done
 
   curl http://127.0.0.1:{port}/v1/models        # what the backends serve
   curl http://127.0.0.1:{port}/metrics          # Prometheus metrics
