@@ -62,29 +62,35 @@ def full_stack(stack: Any, redis_server: tuple[Proc, int], redis_url: str) -> It
     yield stack
 
 
+# The paraphrase pair issue 15 names as one the cache must serve: the pair
+# verifier passes it (most paraphrases it refuses today; docs/cache-quality.md).
+QUESTION = "How do I reset the password of my router?"
+PARAPHRASE = "How can I reset my router's password?"
+
+
 def test_repeat_and_paraphrase_hit_and_other_conditions_do_not(full_stack: Any) -> None:
     gw = full_stack.urls["gw"]
-    first = ask(gw, "How can I learn Python quickly?", stream=True)
+    first = ask(gw, QUESTION, stream=True)
     assert first.headers["x-cache"] == "MISS"
     again = until(
         lambda: (
-            (r := ask(gw, "How can I learn Python quickly?", stream=True)).headers["x-cache"]
+            (r := ask(gw, QUESTION, stream=True)).headers["x-cache"]
             == "HIT-EXACT"
             and r
         )
     )
     assert again, "the stored answer never became visible"
     assert text_of(again) == text_of(first)
-    unary = ask(gw, "How can I learn Python quickly?")
+    unary = ask(gw, QUESTION)
     assert unary.headers["x-cache"] == "HIT-EXACT"
     assert text_of(unary) == text_of(first)
-    paraphrase = ask(gw, "How can I learn Python fast?")
+    paraphrase = ask(gw, PARAPHRASE)
     assert paraphrase.headers["x-cache"] == "HIT-SEMANTIC", paraphrase.headers
     assert text_of(paraphrase) == text_of(first)
-    assert ask(gw, "How can I learn Python quickly?", max_tokens=3).headers["x-cache"] == "MISS"
-    hot = ask(gw, "How can I learn Python quickly?", temperature=0.9)
+    assert ask(gw, QUESTION, max_tokens=3).headers["x-cache"] == "MISS"
+    hot = ask(gw, QUESTION, temperature=0.9)
     assert hot.headers["x-cache"] == "BYPASS"
-    number = ask(gw, "How can I learn Python quickly in 5 days?")
+    number = ask(gw, "How do I reset the password of my router in 5 minutes?")
     assert number.headers["x-cache"] == "MISS"
 
 
