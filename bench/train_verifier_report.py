@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.cache_quality import CACHE_DIR, Calibration, Half, Pairs, pair_vectors, precision_at
-from bench.train_verifier_eval import adversarial, hand_written
-from semcache.cache import SCREEN_PASSES
+from bench.train_verifier_eval import DATA, adversarial, hand_written
 from semcache.pair_model import MODEL_DIR, PairModel
 from semcache.pair_verify import PairVerifier, operating_point
 from semcache.verify import Verifier
@@ -61,11 +60,11 @@ class Judge:
         pair = self.pair(0.95)
         passes, guard, vector = [], [], []
         for x, y, c in zip(p.text_a, p.text_b, half.cos, strict=True):
-            # As in the service: the store gives the verifier no stored vectors
-            # (EntryStore.get_many), so the text score and its floor apply.
-            reason = verifier.check(x, y, float(c)).reason
-            passes.append(reason in SCREEN_PASSES and c >= pair.point.min_similarity)
-            vector.append(reason == "ok")
+            # As in the service: the pair verifier's own cosine floor and the hard
+            # rules screen; the text score (the store gives no stored vectors,
+            # EntryStore.get_many) only matters in veto mode.
+            passes.append(c >= pair.point.min_similarity and verifier.screen(x, y) is None)
+            vector.append(verifier.check(x, y, float(c)).reason == "ok")
             g = pair.guard(x, y)
             guard.append(1 if g == "" else (0 if g is None else -1))
         return np.array(passes), np.array(guard), np.array(vector)
@@ -158,7 +157,10 @@ def adversarial_table(judge: Judge, held: Half) -> None:
 
 def hand_sets(judge: Judge, show: int = 40) -> None:
     t = judge.pair(0.95).point.threshold
-    for name, want in (("near_miss", 0), ("paraphrases", 1)):
+    sets = (("near_miss", 0), ("paraphrases", 1), ("near_miss_b", 0), ("paraphrases_b", 1))
+    for name, want in sets:  # the _b sets: a second pair, kept apart from all tuning
+        if not (DATA / f"{name}.txt").exists():
+            continue
         rows = hand_written(name)
         a, b = [x for _, x, _ in rows], [y for _, _, y in rows]
         half = _eval_half(judge, f"verifier-{name}", a, b, np.full(len(a), want, dtype=np.int8))

@@ -66,6 +66,10 @@ class Verifier(Protocol):
         candidate_vector: np.ndarray | None = None,
     ) -> Verdict: ...
 
+    def screen(self, query: str, candidate: str) -> str | None:
+        """The hard rule that refuses the pair (numbers, negation, names...), or None."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -78,9 +82,6 @@ class Limits:
     pair_candidates: int = 2  # the most similar screened candidates the pair model reads
 
 
-# Verdicts of the rules' stage that let a candidate go on to the pair model: it
-# passed the floor and the hard rules (the vector score's own threshold is not used).
-SCREEN_PASSES = frozenset({"ok", "below_threshold"})
 Hit = tuple[Candidate, Entry, "Verdict"]
 
 
@@ -264,27 +265,32 @@ class SemanticCache:
     async def _decide_with_pair(
         self, query: str, vector: np.ndarray, live: list[tuple[Candidate, Entry]]
     ) -> tuple[Hit | None, Verdict | None]:
-        """The floor and the rules screen; the pair model decides or vetoes (pair_verify)."""
+        """The pair floor and the hard rules screen; the pair model decides (pair_verify)."""
         pair = self.pair
         assert pair is not None
+        point = pair.point
         rejected: Verdict | None = None
         screened: list[tuple[Candidate, Entry, bool]] = []  # and: the vector score accepts
         for candidate, entry in live:
-            verdict = self._check(query, vector, candidate, entry)
-            if (
-                verdict.reason not in SCREEN_PASSES
-                or candidate.similarity < pair.point.min_similarity
-            ):
-                rejected = rejected or verdict
+            if candidate.similarity < point.min_similarity:
+                rejected = rejected or PairVerdict(False, 0.0, "below_min_similarity")
                 continue
             refusal = pair.guard(query, entry.prompt_text)
             if refusal == "":  # the same text
                 return (candidate, entry, PairVerdict(True, 1.0, "same_text")), None
+            rule = self.verifier.screen(query, entry.prompt_text)
+            if rule is not None:
+                rejected = rejected or PairVerdict(False, 0.0, rule)
+                continue
             if refusal is not None:
                 self.metrics.pair_verifications.labels("refused").inc()
                 rejected = rejected or PairVerdict(False, 0.0, refusal)
                 continue
-            screened.append((candidate, entry, verdict.accepted))
+            vector_ok = (
+                point.veto_threshold <= 1.0
+                and self._check(query, vector, candidate, entry).accepted
+            )
+            screened.append((candidate, entry, vector_ok))
         screened = screened[: self.limits.pair_candidates]
         if not screened:
             return None, rejected
@@ -294,7 +300,6 @@ class SemanticCache:
         if scores is None:
             self.metrics.pair_verifications.labels("unavailable").inc()
             return None, PairVerdict(False, 0.0, "verifier_unavailable")
-        point = pair.point
         for (candidate, entry, vector_ok), score in zip(screened, scores, strict=True):
             if score >= point.threshold or (vector_ok and score >= point.veto_threshold):
                 self.metrics.pair_verifications.labels("accepted").inc()

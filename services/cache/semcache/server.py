@@ -199,6 +199,9 @@ def create_server(
         verifier, calibrated = _verifier(settings)
         min_similarity = calibrated if min_similarity is None else min_similarity
         pair = pair or _pair_verifier(settings)
+        if pair is not None and min_similarity is not None:
+            # the search must return what the pair verifier's lower floor admits
+            min_similarity = min(min_similarity, pair.point.min_similarity)
     state = ReplicaState()
     cache = SemanticCache(
         limits=Limits(

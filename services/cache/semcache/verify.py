@@ -14,9 +14,10 @@ cosine 0.97. So every candidate FAISS returns goes through, in order:
    side only, the question word and the length ratio. Both are fitted offline
    by `bench/cache_fit.py` (semcache/calibration.py).
 
-When the pair verifier is loaded (the default; semcache.pair_verify), step 3's
-threshold is not used: every candidate that passes steps 1 and 2 goes to a
-cross-encoder that reads both questions together, and its calibrated
+When the pair verifier is loaded (the default; semcache.pair_verify), step 3
+is not used, and step 1's floor is the pair verifier's own (lower) cosine
+floor: every candidate above it that passes the hard rules (`screen`) goes to
+a cross-encoder that reads both questions together, and its calibrated
 probability decides.
 
 This module makes no model call: about 40 microseconds of CPU to analyse a question not seen
@@ -250,6 +251,10 @@ class Verifier:
 
     def __init__(self, calibration: Calibration) -> None:
         self.calibration = calibration
+
+    def screen(self, query: str, candidate: str) -> str | None:
+        """The hard rule that refuses the pair, or None: what the pair model is screened by."""
+        return hard_rule(analyse(query), analyse(candidate))
 
     def check(
         self,

@@ -54,6 +54,9 @@ class FakeVerifier:
             return Verdict(False, 0.1, "fake_rejection")
         return Verdict(True, 0.9, "ok")
 
+    def screen(self, query: str, candidate: str) -> str | None:
+        return "fake_rejection" if "REJECT" in candidate else None
+
 
 class FakeClock:
     def __init__(self, start: float = 1_000_000.0) -> None:

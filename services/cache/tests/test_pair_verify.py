@@ -165,6 +165,17 @@ async def test_the_model_decides_what_the_rules_let_through() -> None:
     assert low.kind is HitKind.MISS and low.verification_reason == "below_pair_threshold"
 
 
+async def test_the_model_reads_everything_above_its_own_floor_not_the_text_scores() -> None:
+    """The text score's floor (0.92 for onnx-int8) would hide most paraphrases from the model."""
+    scorer = FakeScorer(0.9)
+    q, c = "How do I cook rice?", "What is the way to cook rice?"
+    hit = await _ask(PairVerifier(scorer, POINT), q, c, cos=0.85, accept=None)
+    assert hit.kind is HitKind.SEMANTIC and scorer.calls
+    scorer.calls.clear()
+    low = await _ask(PairVerifier(scorer, POINT), q, c, cos=0.75, accept=None)
+    assert low.kind is HitKind.MISS and scorer.calls == []
+
+
 async def test_the_model_vetoes_what_the_score_accepts_when_it_reads_them_as_different() -> None:
     q, c = "How do I cook rice?", "Cooking rice?"
     vetoed = await _ask(PairVerifier(FakeScorer(0.4), POINT), q, c, accept=True)
