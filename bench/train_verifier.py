@@ -10,14 +10,19 @@ pair takes a few ms on one core as int8), with a fresh one-logit head on the
 Data, tuning half only (the split of `bench.cache_quality.load_pairs`):
 - the tuning half's Quora pairs, less a calibration slice (1 pair in 8 by a
   second hash byte) that training never sees;
+- the same pairs' transitive closure: questions linked by duplicate labels
+  form groups, so two questions of one group are positives the file never
+  pairs, and a question labelled different from X is different from X's
+  group too (a bounded number per group, so large groups do not dominate);
 - rule-made hard negatives and positives from the training questions
   (`bench.train_verifier_pairs`; the evaluation uses other generators).
 Each pair is also shown in the other order with the same label, so the score
 is (nearly) symmetric.
 
-Training is seeded, CPU only, on `--threads` torch threads, bounded by
-`--minutes` (the learning-rate schedule is fitted to the steps that fit in it,
-measured over the first steps). Then: export to ONNX, dynamic int8
+Training is seeded, CPU only, on `--threads` torch threads: one pass over
+every pair in both orders, bounded by `--minutes` (the learning-rate schedule
+follows data or time, whichever is further along, so a slow machine ends the
+schedule at the deadline rather than stopping halfway). Then: export to ONNX, dynamic int8
 quantisation (onnxruntime), and calibration on the untouched slice through the
 shipped `semcache.pair_model.PairModel` itself: per embedding backend, the
 lowest score threshold whose precision on the slice (after the cosine floor and
@@ -70,10 +75,56 @@ def training_rows(args: argparse.Namespace) -> tuple[list[tuple[str, str, int]],
         rows.append((a, b, int(label)))
         questions += [a, b]
     counts["qqp"] = len(rows)
+    for a, b, label, kind in transitive(rows, args.per_group, random.Random(args.seed)):
+        rows.append((a, b, label))
+        counts[kind] = counts.get(kind, 0) + 1
     for a, b, label, kind in generated(questions, args.per_kind, args.seed):
         rows.append((a, b, label))
         counts[kind] = counts.get(kind, 0) + 1
     return rows, counts
+
+
+def transitive(
+    rows: list[tuple[str, str, int]], per_group: int, rng: random.Random
+) -> list[tuple[str, str, int, str]]:
+    """Pairs the labels imply but the file never states, at most `per_group` per group.
+
+    Duplicate labels join questions into groups (union-find). Positives: two
+    questions of one group. Negatives: a pair labelled different, with one
+    side replaced by another question of its group; skipped when the two end
+    up in one group (the labels disagree with each other there).
+    """
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b, label in rows:
+        root(a), root(b)
+        if label == 1:
+            parent[root(a)] = root(b)
+    groups: dict[str, list[str]] = {}
+    for text in parent:
+        groups.setdefault(root(text), []).append(text)
+    stated = {(a, b) for a, b, _ in rows} | {(b, a) for a, b, _ in rows}
+    out: list[tuple[str, str, int, str]] = []
+    for members in groups.values():
+        pairs = [
+            (x, y) for i, x in enumerate(members) for y in members[i + 1 :] if (x, y) not in stated
+        ]
+        rng.shuffle(pairs)
+        out += [(x, y, 1, "closure_positive") for x, y in pairs[:per_group]]
+    for a, b, label in rows:
+        if label != 0 or root(a) == root(b):
+            continue
+        others = [x for x in groups[root(a)] if x != a]
+        rng.shuffle(others)
+        out += [(x, b, 0, "closure_negative") for x in others[:per_group]]
+    return out
 
 
 def batches(
@@ -110,17 +161,15 @@ def train(args: argparse.Namespace, work: Path) -> Path:
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     plan = batches(rows, args.batch, rng)
-    deadline = time.monotonic() + args.minutes * 60
-    start, total = time.monotonic(), len(plan)
+    budget, start = args.minutes * 60, time.monotonic()
+    warm = 0.05  # of the run: the learning rate rises, then falls linearly to 0
     for step, batch in enumerate(plan):
-        if step == 20:  # fit the schedule to the steps the time allows
-            per_step = (time.monotonic() - start) / 20
-            total = min(len(plan), int(args.minutes * 60 / per_step))
-            print(f"{per_step:.2f}s/step: {total} of {len(plan)} steps", file=sys.stderr)
-        if step >= total or time.monotonic() > deadline:
+        # Progress is by data or by time, whichever is further along, so a run
+        # on a loaded machine still ends its schedule (rate at 0) at the deadline.
+        progress = max(step / len(plan), (time.monotonic() - start) / budget)
+        if progress >= 1.0:
             break
-        warm = max(1, total // 20)
-        scale = step / warm if step < warm else max(0.0, (total - step) / (total - warm))
+        scale = progress / warm if progress < warm else (1.0 - progress) / (1.0 - warm)
         for group in optim.param_groups:
             group["lr"] = args.lr * scale
         first = [rows[i][1] if flip else rows[i][0] for i, flip in batch]
@@ -136,7 +185,14 @@ def train(args: argparse.Namespace, work: Path) -> Path:
         optim.zero_grad()
         if step % 100 == 0:
             took = time.monotonic() - start
-            print(f"step {step}/{total} loss {loss.item():.4f} {took:.0f}s", file=sys.stderr)
+            print(
+                f"step {step}/{len(plan)} progress {progress:.1%} loss {loss.item():.4f} "
+                f"{took:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+        if step and step % 500 == 0:  # a stopped run can go on with --resume
+            model.save_pretrained(work / "checkpoint")
     model.eval()
     model.save_pretrained(work / "checkpoint")  # --resume continues from here
     return export(model, tokenizer, work)
@@ -229,6 +285,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--per-kind", type=int, default=2500)
+    parser.add_argument("--per-group", type=int, default=6, help="closure pairs per group")
     parser.add_argument("--calibrate-only", action="store_true")
     parser.add_argument("--resume", default="", help="a checkpoint folder to continue from")
     args = parser.parse_args()
