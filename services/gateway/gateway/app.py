@@ -136,7 +136,7 @@ def create_app(
         sidecars.open(settings, metrics, tracing)
         if sidecars.cache is not None:
             completions.attach_cache(
-                CacheLayer(settings, metrics, sidecars.cache, sidecars.embedder)
+                CacheLayer(settings, metrics, sidecars.cache, sidecars.embedder, tracing)
             )
         discovery = Discovery(
             pool,

@@ -123,7 +123,7 @@ class GatewayMetrics:
         self.cache_lookup_seconds = Histogram(
             "gateway_cache_lookup_seconds",
             "Whole cache lookup (exact, embed, semantic)",
-            buckets=(*OVERHEAD_BUCKETS, 0.05, 0.25, 1.0),
+            buckets=(*OVERHEAD_BUCKETS, 0.05, 0.1, 0.25, 1.0),
             registry=registry,
         )
         self.cache_stores = Counter(
@@ -135,6 +135,16 @@ class GatewayMetrics:
         self.cache_time_saved = Counter(
             "gateway_cache_time_saved_seconds",
             "Upstream time the hits did not spend",
+            registry=registry,
+        )
+        self.cache_cancelled_upstream = Counter(
+            "gateway_cache_cancelled_upstream",
+            "Upstream attempts started alongside a cache lookup and cancelled by its hit",
+            registry=registry,
+        )
+        self.cache_cancelled_upstream_seconds = Counter(
+            "gateway_cache_cancelled_upstream_seconds",
+            "Time the upstream attempts cancelled by a cache hit had run",
             registry=registry,
         )
         self.backends = BackendGauges(registry)

@@ -3,7 +3,9 @@
 They honour the protos' contracts closely enough to drive the gateway's cache
 path: namespaces are walls, exact keys match exactly, vectors match by cosine.
 The embedder is a bag of words, so reordered or repeated words are "paraphrases".
-Both can be slowed down or made to fail to test fail-open behaviour.
+Both can be slowed down or made to fail to test fail-open behaviour, or held
+(every call waits for an event the test sets) to order a lookup against the
+upstream without relying on time.
 """
 
 from __future__ import annotations
@@ -29,10 +31,15 @@ class Faults:
     fail: bool = False
     calls: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
+    hold: asyncio.Event | None = None  # when given, every call waits until it is set
+    entered: asyncio.Event = field(default_factory=asyncio.Event)  # set by every call
 
     async def apply(self, context: grpc.aio.ServicerContext) -> None:
         self.calls += 1
         self.metadata = {k: str(v) for k, v in context.invocation_metadata() or ()}
+        self.entered.set()
+        if self.hold is not None:
+            await self.hold.wait()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.fail:

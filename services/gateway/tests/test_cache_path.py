@@ -17,8 +17,10 @@ async def cached_gateway(
     make_backend: MakeBackend, make_gateway: MakeGateway, sidecars: FakeSidecars, **settings: Any
 ):  # type: ignore[no-untyped-def]
     url = await make_backend()
-    # Hits must not depend on how busy the machine is: the budget is tested on its own.
+    # Hits must not depend on how busy the machine is: the budget is tested on its own,
+    # and so is the race of a lookup against the upstream (test_cache_race.py).
     settings.setdefault("cache_lookup_budget_ms", 2000)
+    settings.setdefault("cache_speculative", False)
     return await make_gateway(
         [backend(url)],
         cache_target=sidecars.target,

@@ -44,6 +44,7 @@ async def test_request_cache_lookup_and_upstream_share_one_trace_that_reaches_th
         tracing=Tracing.with_processor(SimpleSpanProcessor(exporter)),
         cache_target=sidecars.target,
         cache_lookup_budget_ms=2000,
+        cache_head_start_ms=600_000,  # the lookup (exact only: no embedder) ends before upstream
     )
     caller = {"traceparent": f"00-{CALLER_TRACE}-b7ad6b7169203331-01"}
     reply = await gw.post("/v1/chat/completions", json=chat(temperature=0), headers=caller)

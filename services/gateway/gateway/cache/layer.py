@@ -1,11 +1,21 @@
-"""Look answers up before the upstream, store them after: never at the client's cost.
+"""Look answers up alongside the upstream, store them after: never at the client's cost.
 
-Lookup, within a latency budget (``GATEWAY_CACHE_LOOKUP_BUDGET_MS``): the exact
-lookup and the embedding of the text start together; an exact hit returns at
-once (the embedding is cancelled); on an exact miss, the vector is searched in
-the namespace. Every sidecar call carries a gRPC deadline at the end of the
-budget, so a slow sidecar costs at most the budget. Any error, deadline or
-skipped sidecar is a miss, counted by outcome; nothing here fails a request.
+A lookup runs in three stages, every sidecar call with a gRPC deadline at the
+end of one budget (``GATEWAY_CACHE_LOOKUP_BUDGET_MS``):
+
+1. **exact**: the canonical key, in the cache service. A hit ends the lookup;
+   the embedder is never asked (it would compute a vector nobody uses).
+2. **embed**: only after an exact miss, the text (too long: exact-only).
+3. **semantic**: the vector searched in the namespace and the best candidates
+   verified, in the cache service.
+
+:meth:`CacheLayer.start` runs a lookup as a task, a :class:`Lookup`, so that
+the request path can race it against the upstream (``gateway.serving``): it
+says when the exact stage has answered, and keeps what the lookup learned (the
+vector), so that a lookup abandoned because the upstream answered first still
+spares the store an embedding. Any error, deadline or skipped sidecar is a
+miss; an abandoned lookup is counted as ``abandoned``; nothing here fails a
+request.
 
 Store, after the response's last byte: a background task assembles the stored
 form, embeds the text if the lookup did not, and sends it to the cache
@@ -17,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.cache.keys import CacheKey
 from gateway.clients.cache import CacheClient, HitKind
@@ -25,6 +37,7 @@ from gateway.clients.embedder import EmbedderClient
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from gateway.tracing import Tracing
 from llmgw_common.logs import get_logger
 
 log = get_logger("gateway.cache")
@@ -45,6 +58,39 @@ class Found:
     exact_only: bool = False  # the text was too long for the embedder's window
 
 
+class Lookup:
+    """One lookup under way, as a task the request path can race and abandon."""
+
+    __slots__ = ("_exact", "learned", "task")
+
+    def __init__(self, run: Callable[[Lookup], Coroutine[Any, Any, Found]]) -> None:
+        self.learned = Found(MISS)  # the vector (or exact_only), as soon as known
+        self._exact: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.task = asyncio.ensure_future(run(self))
+        self.task.add_done_callback(self.exact_answered)
+
+    def exact_answered(self, *_: object) -> None:
+        if not self._exact.done():
+            self._exact.set_result(None)
+
+    async def exact_stage(self, within_s: float) -> None:
+        """Return when the exact stage has answered (or the lookup ended), at most ``within_s``."""
+        if within_s > 0 and not self._exact.done():
+            await asyncio.wait((self._exact,), timeout=within_s)
+
+    def result(self) -> Found | None:
+        """The lookup's answer once it has one, else None."""
+        return self.task.result() if self.task.done() else None
+
+    def abandon(self) -> Found:
+        """Stop the lookup if it still runs; what it found or learned, for the store."""
+        if not self.task.done():
+            self.task.cancel()
+        elif not self.task.cancelled() and self.task.exception() is None:
+            return self.task.result()
+        return self.learned
+
+
 class CacheLayer:
     def __init__(
         self,
@@ -52,11 +98,13 @@ class CacheLayer:
         metrics: GatewayMetrics,
         cache: CacheClient,
         embedder: EmbedderClient | None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._cache = cache
         self._embedder = embedder if settings.cache_semantic else None
+        self._tracing = tracing or Tracing(None)
         self._budget_s = settings.cache_lookup_budget_ms / 1000
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -68,16 +116,30 @@ class CacheLayer:
             and self._embedder.sidecar.available()
         )
 
-    async def lookup(self, key: CacheKey, request_id: str) -> Found:
+    def start(self, key: CacheKey, request_id: str, trace: Any = None) -> Lookup:
+        """Start a lookup (its span a child of ``trace``); it runs until it answers or is
+        abandoned."""
+
+        async def run(lookup: Lookup) -> Found:
+            with self._tracing.child("cache.lookup", trace):
+                return await self.lookup(key, request_id, lookup)
+
+        return Lookup(run)
+
+    async def lookup(self, key: CacheKey, request_id: str, progress: Lookup | None = None) -> Found:
+        learned = progress.learned if progress is not None else Found(MISS)
         if not self._cache.sidecar.available():
             self._metrics.cache_lookups.labels("skipped").inc()
-            return Found(MISS)
+            return learned
         started = time.perf_counter()
         try:
-            found = await self._lookup(key, request_id, started + self._budget_s)
+            found = await self._lookup(key, request_id, started + self._budget_s, learned, progress)
         except GatewayError:
-            found = Found(MISS)
+            found = learned
             self._metrics.cache_lookups.labels("error").inc()
+        except asyncio.CancelledError:
+            self._metrics.cache_lookups.labels("abandoned").inc()
+            raise
         else:
             self._metrics.cache_lookups.labels(_label(found)).inc()
         self._metrics.cache_lookup_seconds.observe(time.perf_counter() - started)
@@ -85,37 +147,25 @@ class CacheLayer:
             self._metrics.cache_time_saved.inc(found.upstream_s)
         return found
 
-    async def _lookup(self, key: CacheKey, request_id: str, deadline: float) -> Found:
-        embedding = None
-        if self._embeddable(key):
-            assert self._embedder is not None and key.text is not None
-            embedding = asyncio.ensure_future(
-                self._embedder.embed([key.text], deadline_s=self._budget_s, request_id=request_id)
-            )
-        try:
-            exact = await self._cache.lookup(
-                key.namespace,
-                exact_key=key.exact_key,
-                deadline_s=self._budget_s,
-                request_id=request_id,
-            )
-        except BaseException:
-            if embedding is not None:
-                embedding.cancel()
-            raise
+    async def _lookup(
+        self,
+        key: CacheKey,
+        request_id: str,
+        deadline: float,
+        learned: Found,
+        progress: Lookup | None,
+    ) -> Found:
+        exact = await self._cache.lookup(
+            key.namespace, exact_key=key.exact_key, deadline_s=self._budget_s, request_id=request_id
+        )
         if exact.kind == HitKind.HIT_KIND_EXACT:
-            if embedding is not None:
-                embedding.cancel()
             return Found(HIT_EXACT, exact.response, 1.0, exact.upstream_seconds)
-        if embedding is None:
-            return Found(MISS)
-        embedded = await embedding
-        if embedded.truncated[0]:
-            return Found(MISS, exact_only=True)
-        vector = embedded.vectors[0]
+        if progress is not None:
+            progress.exact_answered()
+        vector = await self._embed(key, request_id, deadline, learned)
         remaining = deadline - time.perf_counter()
-        if remaining <= 0:
-            return Found(MISS, vector=vector)
+        if vector is None or remaining <= 0:
+            return learned
         near = await self._cache.lookup(
             key.namespace,
             vector=vector,
@@ -125,10 +175,27 @@ class CacheLayer:
         )
         if near.kind == HitKind.HIT_KIND_SEMANTIC:
             return Found(HIT_SEMANTIC, near.response, near.similarity, near.upstream_seconds)
-        found = Found(MISS, vector=vector)
         if near.rejected_by_verification:
             self._metrics.cache_lookups.labels("rejected_by_verification").inc()
-        return found
+        return learned
+
+    async def _embed(
+        self, key: CacheKey, request_id: str, deadline: float, learned: Found
+    ) -> list[float] | None:
+        """The text's vector (kept in ``learned``), or None: not embeddable, no time left,
+        or too long for the model (then the entry is exact-only)."""
+        remaining = deadline - time.perf_counter()
+        if not self._embeddable(key) or remaining <= 0:
+            return None
+        assert self._embedder is not None and key.text is not None
+        embedded = await self._embedder.embed(
+            [key.text], deadline_s=remaining, request_id=request_id
+        )
+        if embedded.truncated[0]:
+            learned.exact_only = True
+            return None
+        learned.vector = embedded.vectors[0]
+        return learned.vector
 
     def store_later(
         self,

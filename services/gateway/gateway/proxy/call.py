@@ -76,6 +76,7 @@ class Call:
     upstream_ended: float = 0.0
     first_token_at: float = 0.0
     attempts: int = 0
+    cancelled_upstream_s: float = 0.0  # an attempt a cache hit cancelled had run this long
     tokens_out: int = 0
     tokens_in: int = 0
     outcome: str = ""

@@ -1,16 +1,20 @@
 """Serve one proxied call: open upstream, answer, account for it once.
 
-Accounting (metrics, the request's log line) happens exactly once per call in
-:meth:`Proxy.finish`, whatever the path: a complete stream, a failed one, a
-non-streamed answer or an error before anything was sent.
+A call is counted in flight from :meth:`Proxy.admit`; accounting (metrics, the
+request's log line) happens exactly once per call in :meth:`Proxy.finish`,
+whatever the path: a complete stream, a failed one, a non-streamed answer, an
+error before anything was sent, or a cache hit (:meth:`Proxy.answered_locally`).
+
+Opening (:meth:`Proxy.open`) and answering (:meth:`Proxy.answer`) are apart so
+that the cache can race a lookup against the opening and, when its hit comes
+first, stop the attempt (:meth:`Proxy.abandon`) before the client saw a byte.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -48,6 +52,10 @@ class Proxy:
         self._log_requests = log_requests
         self._gap = metrics.inter_token.observe
 
+    def admit(self, call: Call) -> None:
+        """The call is being served: in flight until :meth:`finish`."""
+        self._metrics.in_flight.inc()
+
     async def serve(
         self,
         call: Call,
@@ -55,10 +63,28 @@ class Proxy:
         extra_headers: list[tuple[bytes, bytes]] | None = None,
         on_success: OnSuccess | None = None,
     ) -> StreamResponse | RawResponse:
-        self._metrics.in_flight.inc()
+        """Admit, open upstream and answer."""
+        self.admit(call)
+        return await self.answer(
+            call, self.open(call), extra_headers=extra_headers, on_success=on_success
+        )
+
+    def open(self, call: Call) -> Coroutine[Any, Any, Opened]:
+        """The upstream attempt(s), up to the first byte (see ``proxy.upstream``)."""
         call.upstream_span = self._tracing.start_child("upstream", call.trace, model=call.model)
+        return self._open_unless_client_leaves(call)
+
+    async def answer(
+        self,
+        call: Call,
+        opening: Awaitable[Opened],
+        *,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+        on_success: OnSuccess | None = None,
+    ) -> StreamResponse | RawResponse:
+        """The response to an admitted call, once ``opening`` (from :meth:`open`) ends."""
         try:
-            opened = await self._open_unless_client_leaves(call)
+            opened = await opening
         except ClientGone:
             self.finish(call, 499, Outcome.CANCELLED)
             self._metrics.client_disconnects.inc()
@@ -114,20 +140,40 @@ class Proxy:
             return await self._upstream.open(call)
         opening = asyncio.ensure_future(self._upstream.open(call))
         gone = asyncio.ensure_future(_disconnected(call.receive))
+        stopped = False
         try:
             await asyncio.wait((opening, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
+        finally:  # also when this is cancelled (a cache hit, a shutdown): free the backend
             gone.cancel()
-        if not opening.done():
-            opening.cancel()
-            with contextlib.suppress(asyncio.CancelledError, GatewayError):
-                await opening
+            if not opening.done():
+                stopped = True
+                await _stop(opening)
+        if stopped:
             raise ClientGone
         return opening.result()
 
+    async def abandon(self, call: Call, opening: asyncio.Future[Opened]) -> None:
+        """A cache hit answers instead: stop the upstream attempt, blaming nobody.
+
+        Its lease is released as cancelled (pending drops; the breaker and the
+        latency estimate hear nothing) and its connection closed, so the model
+        server stops generating. The call is not finished here: the hit is.
+        An opening that already ended in an error (failed everywhere, client
+        gone) was counted as such and is not a cancellation.
+        """
+        if opening.done() and (opening.cancelled() or opening.exception() is not None):
+            return
+        await _stop(opening)
+        if call.attempts:
+            call.cancelled_upstream_s = time.perf_counter() - call.upstream_started
+            self._metrics.upstream.labels(call.endpoint, Outcome.CANCELLED).inc()
+            self._metrics.cache_cancelled_upstream.inc()
+            self._metrics.cache_cancelled_upstream_seconds.inc(call.cancelled_upstream_s)
+        Tracing.end(call.upstream_span, 499, cancelled_by="cache_hit")
+        call.upstream_span = None
+
     def answered_locally(self, call: Call, status: int) -> None:
-        """Account for a call answered without an upstream (a cache hit)."""
-        self._metrics.in_flight.inc()
+        """Account for an admitted call answered without an upstream (a cache hit)."""
         self.finish(call, status, "local")
 
     def _count_attempt(self, call: Call, outcome: Outcome) -> None:
@@ -177,6 +223,7 @@ class Proxy:
                 else None,
                 tokens_out=call.tokens_out,
                 **_texts(call),
+                **_cancelled(call),
                 **({"upstream_request_id": call.upstream_id} if call.upstream_id else {}),
             )
 
@@ -188,6 +235,32 @@ class ClientGone(Exception):
 async def _disconnected(receive: Any) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def discard(opening: asyncio.Future[Opened]) -> None:
+    """Cancel an opening nobody will serve. Cancelled, it releases its lease and closes
+    its connection itself; one that had already ended is freed here: an answer thrown
+    away unread, an error retrieved (it was counted where it happened)."""
+    if opening.cancel() or opening.cancelled():
+        return
+    if opening.exception() is None:
+        opened = opening.result()
+        opened.lease.release(Outcome.CANCELLED)
+        if opened.response is not None:
+            opened.response.close()
+
+
+async def _stop(opening: asyncio.Future[Opened]) -> None:
+    """:func:`discard`, and wait until the opening has freed its lease and connection."""
+    discard(opening)
+    await asyncio.wait((opening,))
+    discard(opening)  # one that ended with an answer all the same
+
+
+def _cancelled(call: Call) -> dict[str, float]:
+    if not call.cancelled_upstream_s:
+        return {}
+    return {"upstream_cancelled_ms": round(call.cancelled_upstream_s * 1000, 2)}
 
 
 def _texts(call: Call) -> dict[str, str]:
