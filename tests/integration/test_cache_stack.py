@@ -55,7 +55,8 @@ def full_stack(stack: Any, redis_server: tuple[Proc, int], redis_url: str) -> It
         [mock],
         embedder_target=embedder,
         cache_target=cache,
-        cache_lookup_budget_ms=1000,  # hits must not depend on machine load
+        cache_lookup_budget_ms=1000,  # hits must not depend on machine load,
+        cache_speculative=False,  # nor on a race with the mock (tested in test_cache_race.py)
         sidecar_breaker_open_s=0.5,
     )
     stack.urls = {"gw": gw, "embedder": embedder, "cache": cache, "mock": mock}
