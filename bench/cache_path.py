@@ -9,7 +9,7 @@ int8), the cache service (``python -m semcache`` on that Redis), one mock model
 server (32 tokens, 20 ms to first token, 5 ms between tokens) and, in front of
 the same mock, with metrics and request logs on, the two gateways compared:
 CACHED (``GATEWAY_CACHE_TARGET`` and ``GATEWAY_EMBEDDER_TARGET``, every cache
-setting at its default, so a 15 ms lookup budget) and PLAIN (no sidecars); and
+setting at its default, see ``gateway.settings``) and PLAIN (no sidecars); and
 a third, VERDICT, like CACHED but with a 1 s lookup budget, used only to ask
 the verifier about the paraphrases whatever the machine's load. Every request
 has ``temperature: 0`` (cacheable). Then, at each concurrency:
@@ -198,6 +198,8 @@ class Stack:
     cached_url: str
     plain_url: str
     verdict_url: str
+    extra: dict[str, Proc] = field(default_factory=dict)  # more gateways, by name
+    extra_urls: dict[str, str] = field(default_factory=dict)
 
     def clocks(self) -> dict[str, CpuClock]:
         return {
@@ -217,8 +219,14 @@ def _started(procs: list[Proc], proc: Proc, ready: Callable[[], bool], timeout: 
     return proc.wait_until(ready, timeout=timeout)
 
 
-def start_stack(procs: list[Proc], cached_env: dict[str, str] | None = None) -> Stack:
-    """Redis, embedder, cache service, mock, then the gateways, on free loopback ports."""
+def start_stack(
+    procs: list[Proc],
+    cached_env: dict[str, str] | None = None,
+    extra: dict[str, dict[str, str]] | None = None,
+) -> Stack:
+    """Redis, embedder, cache service, mock, then the gateways, on free loopback ports.
+
+    ``extra``: more gateways with the sidecars (name -> their own settings)."""
     for old in LOG_DIR.glob("redis-*.log"):  # named by port: one run's only
         old.unlink()
     redis_port, embedder_port, cache_port, mock_port = (free_port() for _ in range(4))
@@ -266,17 +274,18 @@ def start_stack(procs: list[Proc], cached_env: dict[str, str] | None = None) -> 
         "GATEWAY_CACHE_TARGET": f"127.0.0.1:{cache_port}",
         "GATEWAY_EMBEDDER_TARGET": f"127.0.0.1:{embedder_port}",
     }
-    for name, extra in (
+    for name, own in (
         ("gateway-cached", {**sidecars, **(cached_env or {})}),
         ("gateway-plain", {}),
         ("gateway-verdict", {**sidecars, "GATEWAY_CACHE_LOOKUP_BUDGET_MS": "1000"}),
+        *((f"gateway-{name}", {**sidecars, **env}) for name, env in (extra or {}).items()),
     ):
         port = free_port()
         env = {
             "GATEWAY_PORT": str(port),
             "GATEWAY_BACKENDS": backends,
             "GATEWAY_LOG_REQUESTS": "true",
-            **extra,
+            **own,
         }
         gateways[name] = _started(
             procs,
@@ -302,6 +311,8 @@ def start_stack(procs: list[Proc], cached_env: dict[str, str] | None = None) -> 
         urls["gateway-cached"],
         urls["gateway-plain"],
         urls["gateway-verdict"],
+        {name: gateways[f"gateway-{name}"] for name in extra or {}},
+        {name: urls[f"gateway-{name}"] for name in extra or {}},
     )
 
 
@@ -1138,7 +1149,7 @@ def report(result: dict[str, Any]) -> str:
         f"{ls[0]:.2f} / {ls[1]:.2f} / {ls[2]:.2f} at the first timed request, "
         f"{le[0]:.2f} / {le[1]:.2f} / {le[2]:.2f} after the last",
         "mock: 32 tokens, 20 ms TTFT, 5 ms between tokens; gateways: metrics + request logs on, "
-        "CACHED with every cache setting at its default (lookup budget 15 ms); temperature 0"
+        "CACHED with every cache setting at its default; temperature 0"
         + "".join(f"; CACHED with {k}={v}" for k, v in result.get("cached_env", [])),
         f"primed: {result['primed']['stored']}/{result['primed']['questions']} questions stored "
         f"in {result['primed']['seconds']:.1f} s",
