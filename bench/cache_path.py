@@ -10,8 +10,9 @@ server (32 tokens, 20 ms to first token, 5 ms between tokens) and, in front of
 the same mock, with metrics and request logs on, the two gateways compared:
 CACHED (``GATEWAY_CACHE_TARGET`` and ``GATEWAY_EMBEDDER_TARGET``, every cache
 setting at its default, see ``gateway.settings``) and PLAIN (no sidecars); and
-a third, VERDICT, like CACHED but with a 1 s lookup budget, used only to ask
-the verifier about the paraphrases whatever the machine's load. Every request
+a third, VERDICT, like CACHED but with a 1 s lookup budget and the upstream
+started only after the lookup, used only to ask the verifier about the
+paraphrases whatever the machine's load. Every request
 has ``temperature: 0`` (cacheable). Then, at each concurrency:
 
 1. **exact hits**: questions primed into the cache (first ask with
@@ -97,6 +98,9 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 PLAIN_TEXT = {"Accept-Encoding": "identity"}  # the client session does not decompress
 PRIME_HEADERS = {**JSON_HEADERS, "Cache-Control": "no-cache"}  # store, do not look up
 RECOVERY_TIMEOUT_S = 30.0
+# VERDICT: the verifier decides every paraphrase, whatever the load (a 1 s budget,
+# and the upstream never starts before the lookup has answered).
+VERDICT_ENV = {"GATEWAY_CACHE_LOOKUP_BUDGET_MS": "1000", "GATEWAY_CACHE_SPECULATIVE": "false"}
 
 # Questions. Each list gets its own subjects so that no two primed questions are
 # paraphrases of each other; the rewrite direction alternates within a list.
@@ -277,7 +281,7 @@ def start_stack(
     for name, own in (
         ("gateway-cached", {**sidecars, **(cached_env or {})}),
         ("gateway-plain", {}),
-        ("gateway-verdict", {**sidecars, "GATEWAY_CACHE_LOOKUP_BUDGET_MS": "1000"}),
+        ("gateway-verdict", {**sidecars, **VERDICT_ENV}),
         *((f"gateway-{name}", {**sidecars, **env}) for name, env in (extra or {}).items()),
     ):
         port = free_port()
