@@ -97,15 +97,7 @@ class Proxy:
             raise
         headers = [(b"x-request-id", call.request_id.encode()), *(extra_headers or ())]
         if opened.response is None:
-            outcome = classify(opened.status)
-            opened.lease.release(outcome)
-            self._count_attempt(call, outcome)
-            if outcome is Outcome.SUCCESS:
-                _read_answer(call, opened.first_chunk)
-            self.finish(call, opened.status, outcome)
-            if on_success is not None and outcome is Outcome.SUCCESS:
-                on_success(call, opened.first_chunk)
-            return RawResponse(opened.first_chunk, opened.status, opened.content_type, headers)
+            return self._whole(call, opened, headers, on_success)
 
         def done(
             c: Call, outcome: Outcome, watch: StreamWatch | None, copy: list[bytes] | None
@@ -129,6 +121,24 @@ class Proxy:
             keep_copy=on_success is not None or call.prompt is not None,
             observe_gap=self._gap,
         )
+
+    def _whole(
+        self,
+        call: Call,
+        opened: Opened,
+        headers: list[tuple[bytes, bytes]],
+        on_success: OnSuccess | None,
+    ) -> RawResponse:
+        """A non-streamed answer (or an error status), already read in full."""
+        outcome = classify(opened.status)
+        opened.lease.release(outcome)
+        self._count_attempt(call, outcome)
+        if outcome is Outcome.SUCCESS:
+            _read_answer(call, opened.first_chunk)
+        self.finish(call, opened.status, outcome)
+        if on_success is not None and outcome is Outcome.SUCCESS:
+            on_success(call, opened.first_chunk)
+        return RawResponse(opened.first_chunk, opened.status, opened.content_type, headers)
 
     async def _open_unless_client_leaves(self, call: Call) -> Opened:
         """Open upstream, but give up at once (and free the backend) if the client leaves.
