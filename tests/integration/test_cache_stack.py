@@ -74,11 +74,7 @@ def test_repeat_and_paraphrase_hit_and_other_conditions_do_not(full_stack: Any) 
     first = ask(gw, QUESTION, stream=True)
     assert first.headers["x-cache"] == "MISS"
     again = until(
-        lambda: (
-            (r := ask(gw, QUESTION, stream=True)).headers["x-cache"]
-            == "HIT-EXACT"
-            and r
-        )
+        lambda: (r := ask(gw, QUESTION, stream=True)).headers["x-cache"] == "HIT-EXACT" and r
     )
     assert again, "the stored answer never became visible"
     assert text_of(again) == text_of(first)
