@@ -104,6 +104,17 @@ NUMBER_WORDS.update(
 
 _QWORDS = _wordset("what which who whom whose when where why how")
 
+# Words that give the words after them a role: a swap of two words' roles
+# ("from X to Y" / "from Y to X", "X faster than Y" / "Y faster than X", "how
+# many X is 5 Y" / "how many Y is 5 X", "in X when it is noon in Y") asks the
+# other question. Only a full exchange counts, so moved phrases ("to Y
+# from X") and roles on one side only ("the cache in Chrome" / "Chrome's
+# cache") are not swaps.
+DIRECTIONAL = _wordset(
+    """to into onto toward towards from than in per vs versus instead over before
+    after with for is are was were"""
+)
+
 _WORD = re.compile(r"[A-Za-z0-9]+(?:[.'][A-Za-z0-9]+)*(?:\+\+|#)?")  # C++, C#
 _LOWER_WORD = re.compile(r"[a-z]+")
 _HYPHENATED = re.compile(r"\w+(?:-\w+)+")
@@ -133,6 +144,10 @@ class Analysis:
     entities: frozenset[str]  # stems of capitalised names, acronyms, camelCase
     qword: str  # first question word (what/how/why/...), "" if none
     length: int  # number of words
+    # Each content word's role: the nearest directional word before it ("to",
+    # "than", "in", ...), "" if none. "Fahrenheit to Celsius": fahrenheit "",
+    # celsius "to".
+    roles: tuple[tuple[str, str], ...] = ()
 
 
 def _stem(word: str) -> str:
@@ -210,6 +225,32 @@ def analyse(text: str) -> Analysis:
         entities=frozenset(_stem(w) for w, start in words if _is_entity(w, start, title_case)),
         qword=next((s for s in stems if s in _QWORDS), ""),
         length=len(words),
+        roles=_roles(stems),
+    )
+
+
+def _roles(stems: list[str]) -> tuple[tuple[str, str], ...]:
+    """(content word, the directional word before it and which one of its kind it is:
+    "in#2" for the second "in"), first occurrence of each word."""
+    role, out, seen, counts = "", [], set(), dict[str, int]()
+    for stem in stems:
+        if stem in DIRECTIONAL:
+            counts[stem] = counts.get(stem, 0) + 1
+            role = f"{stem}#{counts[stem]}"
+        elif stem not in STOPWORDS and stem not in NEGATIONS and stem not in seen:
+            seen.add(stem)
+            out.append((stem, role))
+    return tuple(out)
+
+
+def _swapped(a: Analysis, b: Analysis) -> bool:
+    """Two words shared by both questions that exchanged their roles."""
+    roles_b = dict(b.roles)
+    shared = [(w, r, roles_b[w]) for w, r in a.roles if w in roles_b]
+    return any(
+        ra != rv and ra == rb_v and rv == rb_a
+        for i, (_, ra, rb_a) in enumerate(shared)
+        for _, rv, rb_v in shared[i + 1 :]
     )
 
 
@@ -243,6 +284,8 @@ def hard_rule(a: Analysis, b: Analysis) -> str | None:
         return "entity_mismatch"  # each side names something the other does not
     if _opposed(a.stems, b.stems):
         return "antonym_mismatch"
+    if _swapped(a, b):
+        return "swapped_arguments"
     return None
 
 
