@@ -294,8 +294,11 @@ def main() -> None:
         OUT.mkdir(parents=True, exist_ok=True)
         shutil.copy(int8, OUT / "model.onnx")
         shutil.copy(base_model_dir() / "tokenizer.json", OUT / "tokenizer.json")
+    trained = {k: v for k, v in vars(args).items() if k != "calibrate_only"}
+    if args.calibrate_only:  # the model is the one trained before: keep how it was
+        trained = json.loads((OUT / "calibration.json").read_text()).get("trained", trained)
     cal = calibrate(OUT, (0.90, 0.95, 0.97))
-    cal["trained"] = {k: v for k, v in vars(args).items() if k != "calibrate_only"}
+    cal["trained"] = trained
     (OUT / "calibration.json").write_text(json.dumps(cal, indent=2) + "\n")
     print(json.dumps(cal, indent=2))
 

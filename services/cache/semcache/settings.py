@@ -45,7 +45,7 @@ class CacheSettings(BaseSettings):
     # overrides it. Disabled: the vector score decides alone, as before.
     verifier_enabled: bool = True
     verifier_model_dir: str = ""  # "": the shipped semcache/verifier_model
-    verifier_target_precision: float = Field(default=0.95, gt=0.0, lt=1.0)
+    verifier_target_precision: float = Field(default=0.90, gt=0.0, lt=1.0)
     verifier_threshold: float = Field(default=0.0, ge=0.0, lt=1.0)
     # > 0: also serve what the calibrated score accepts unless the model scores it below this.
     verifier_veto_threshold: float = Field(default=0.0, ge=0.0, lt=1.0)

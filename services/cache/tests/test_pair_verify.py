@@ -207,7 +207,10 @@ needs_model = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def shipped() -> PairVerifier:
-    point = operating_point(MODEL_DIR / "calibration.json", "onnx-int8", 0.95)
+    default = CacheSettings()  # the operating point the service runs by default
+    point = operating_point(
+        MODEL_DIR / "calibration.json", default.embedding_backend, default.verifier_target_precision
+    )
     return PairVerifier(PairModel(), point, timeout_s=5.0)
 
 
