@@ -48,19 +48,6 @@ from bench.train_verifier_report import HAND_SETS
 from deploy.local.procs import ROOT
 
 MODEL = "mock-llama-3-8b"
-ISSUE_NEAR_MISSES = [
-    ("Is it safe to take ibuprofen while pregnant?",
-     "Is it unsafe to take ibuprofen while pregnant?"),
-    ("What is the maximum dose of acetaminophen per day for adults?",
-     "What is the maximum dose of acetaminophen per day for children?"),
-    ("What are the side effects of increasing my insulin dose?",
-     "What are the side effects of decreasing my insulin dose?"),
-    ("Convert 100 Fahrenheit to Celsius", "Convert 100 Celsius to Fahrenheit"),
-    ("How do I convert a string to an integer in Java?",
-     "How do I convert an integer to a string in Java?"),
-    ("Is Python faster than Java?", "Is Java faster than Python?"),
-]  # fmt: skip
-ROUTER = ("How do I reset the password of my router?", "How can I reset my router's password?")
 
 
 @dataclass(frozen=True)
@@ -79,8 +66,8 @@ def cases(pairs: int, seed: int) -> list[Case]:
     for name, want in HAND_SETS:
         if (DATA / f"{name}.txt").exists():
             out += [Case(name, a, b, bool(want)) for _, a, b in hand_written(name)]
-    out += [Case("issue near misses", a, b, False) for a, b in ISSUE_NEAR_MISSES]
-    out.append(Case("issue router paraphrase", *ROUTER, True))
+    for kind, a, b in hand_written("issue15"):
+        out.append(Case(f"issue 15 {kind}", a, b, kind == "paraphrase"))
     return out
 
 

@@ -214,18 +214,16 @@ def shipped() -> PairVerifier:
     return PairVerifier(PairModel(), point, timeout_s=5.0)
 
 
-ISSUE_NEAR_MISSES = [
-    ("Is it safe to take ibuprofen while pregnant?",
-     "Is it unsafe to take ibuprofen while pregnant?"),
-    ("What is the maximum dose of acetaminophen per day for adults?",
-     "What is the maximum dose of acetaminophen per day for children?"),
-    ("What are the side effects of increasing my insulin dose?",
-     "What are the side effects of decreasing my insulin dose?"),
-    ("Convert 100 Fahrenheit to Celsius", "Convert 100 Celsius to Fahrenheit"),
-    ("How do I convert a string to an integer in Java?",
-     "How do I convert an integer to a string in Java?"),
-    ("Is Python faster than Java?", "Is Java faster than Python?"),
-]  # fmt: skip
+# bench/data/verifier/issue15.txt: the issue's six near misses and its paraphrase.
+ISSUE_PAIRS = [
+    tuple(part.strip() for part in line.split("|"))
+    for line in (Path(__file__).resolve().parents[3] / "bench/data/verifier/issue15.txt")
+    .read_text()
+    .splitlines()
+    if line.strip() and not line.startswith("#")
+]
+ISSUE_NEAR_MISSES = [(a, b) for kind, a, b in ISSUE_PAIRS if kind == "near_miss"]
+ROUTER_PARAPHRASE = next((a, b) for kind, a, b in ISSUE_PAIRS if kind == "paraphrase")
 
 
 @needs_model
@@ -240,11 +238,7 @@ async def test_the_issues_near_misses_are_misses(
 
 @needs_model
 async def test_the_router_paraphrase_is_a_hit(shipped: PairVerifier) -> None:
-    result = await _ask(
-        shipped,
-        "How do I reset the password of my router?",
-        "How can I reset my router's password?",
-    )
+    result = await _ask(shipped, *ROUTER_PARAPHRASE)
     assert result.kind is HitKind.SEMANTIC, result
 
 
