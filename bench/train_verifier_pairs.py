@@ -397,7 +397,75 @@ def surface(text: str, rng: random.Random) -> str | None:
     return re.sub(r"\s+", " ", text.replace(",", "")).strip()
 
 
+# Sibling terms (training list): one of a group for another changes the
+# answer though a sentence vector, and a model that has not seen it, reads
+# them as near-synonyms. Written for training, apart from the evaluation
+# sets; the pairs those sets were seen to let through (bits/bytes,
+# buyer/seller, read/write, key/value, front/rear, ...) are left out on
+# purpose, so the evaluation still measures what the model learned of the
+# kind, not of the words.
+_SIBLINGS = """inch/foot/yard centimeter/meter/kilometer ounce/gram cup/tablespoon/teaspoon
+    minute/hour/day/week/month/year celsius/kelvin acre/mile watt/volt/amp
+    landlord/tenant employer/employee teacher/student doctor/nurse/patient
+    uncle/aunt/cousin/nephew/niece grandmother/grandfather
+    dog/cat/rabbit/hamster/horse/parrot chicken/beef/pork/fish/tofu/lamb
+    rice/pasta/bread/potato/quinoa bake/fry/boil/grill/roast/steam
+    sugar/salt/flour/honey coffee/tea/beer/wine/milk
+    heart/lung/liver/kidney/brain/stomach headache/fever/cough/rash/nausea
+    knee/elbow/shoulder/ankle/wrist/hip vitamin/mineral/protein/fiber
+    stock/bond/option/crypto/fund loan/mortgage/lease savings/checking
+    credit/debit income/profit/revenue salary/bonus/pension tax/fee/fine
+    array/list/tuple/dictionary/set frontend/backend server/client
+    merge/rebase/cherry-pick thread/process/coroutine ram/cpu/gpu/ssd
+    html/css/json/xml/yaml laptop/desktop/tablet/phone/router keyboard/mouse/monitor
+    email/text/call photo/video/song rent/buy/lease/sell cancel/pause/renew
+    delete/archive/hide/mute create/edit/copy/move learn/teach/practice
+    walk/run/swim/cycle/climb breakfast/lunch/dinner monday/tuesday/friday/sunday
+    january/april/july/october morning/afternoon/evening spring/autumn
+    train/bus/plane/ferry/taxi passport/visa/license hotel/hostel/apartment
+    physics/chemistry/biology/history/geography piano/guitar/violin/drums
+    football/basketball/tennis/cricket/baseball novel/poem/essay/article
+    daily/weekly/monthly/yearly first/second/third/fourth"""
+SIBLINGS: dict[str, list[str]] = {}
+for _group in _SIBLINGS.split():
+    _members = _group.split("/")
+    for _word in _members:
+        SIBLINGS.setdefault(_word, []).extend(m for m in _members if m != _word)
+
+
+def sibling(text: str, rng: random.Random) -> str | None:
+    """One word replaced by a sibling term: 'cook chicken' vs 'cook pork'."""
+    found = [m for m in _WORDS.finditer(text) if m.group().lower() in SIBLINGS]
+    if not found:
+        return None
+    m = rng.choice(found)
+    new = rng.choice(SIBLINGS[m.group().lower()])
+    return text[: m.start()] + _match_case(new, m.group()) + text[m.end() :]
+
+
+_FILLERS = ("pls ", "please, ", "quick question: ", "hey, ", "I'm new to this. ")
+
+
+def noisy(text: str, rng: random.Random) -> str | None:
+    """How people type: lower case, no question mark, a typo, a filler in front."""
+    words = text.split()
+    if len(words) < 4:
+        return None
+    out = text.lower().rstrip("?").rstrip() if rng.random() < 0.7 else text
+    long_words = [i for i, w in enumerate(out.split()) if len(w) > 5 and w.isalpha()]
+    if long_words and rng.random() < 0.6:  # two neighbouring letters swapped
+        parts = out.split()
+        i = rng.choice(long_words)
+        w, j = parts[i], rng.randrange(1, len(parts[i]) - 2)
+        parts[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
+        out = " ".join(parts)
+    if rng.random() < 0.4:
+        out = rng.choice(_FILLERS) + out
+    return out if out != text else None
+
+
 NEGATIVES: dict[str, Maker] = {
+    "sibling": sibling,
     "opposed": opposed,
     "swapped": swapped,
     "number": number,
@@ -410,6 +478,7 @@ POSITIVES: dict[str, Maker] = {
     "possessive": possessive,
     "reordered": reordered,
     "surface": surface,
+    "noisy": noisy,
 }
 
 
