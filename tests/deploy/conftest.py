@@ -126,7 +126,7 @@ async def _scrape_gateway_and_mock() -> tuple[str, str]:
         await mock.close()
 
 
-def _wait_serving(port: int, within_s: float = 20.0) -> None:
+def _wait_serving(port: int, within_s: float = 60.0) -> None:  # a loaded CI host is slow
     deadline = time.monotonic() + within_s
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
