@@ -123,12 +123,21 @@ async def test_a_full_queue_answers_resource_exhausted(
 
 
 async def test_a_call_whose_deadline_passes_in_the_queue_never_reaches_the_model(
-    stub, fake_model, until: Until
+    stub, fake_model, until: Until, registry: CollectorRegistry
 ) -> None:
     fake_model.hold()
     busy = asyncio.ensure_future(stub.Embed(embedder_pb2.EmbedRequest(texts=["busy"])))
     await until(fake_model.running.is_set)
     error = await embed_error(stub, ["in a hurry"], timeout=0.1)
+    # The server's deadline runs from when the call reached it, a little after
+    # the client's on a loaded host: the model is freed once the server, too,
+    # has given the call up (expired or cancelled), not when the client has.
+    ended = ("expired", "cancelled")
+    await until(
+        lambda: any(
+            registry.get_sample_value("embedder_requests_total", {"outcome": o}) for o in ended
+        )
+    )
     fake_model.release()
     await busy
     await stub.Embed(embedder_pb2.EmbedRequest(texts=["after"]))
