@@ -482,14 +482,19 @@ POSITIVES: dict[str, Maker] = {
 }
 
 
-def generated(texts: list[str], per_kind: int, seed: int) -> list[tuple[str, str, int, str]]:
-    """(a, b, label, kind) rows: up to `per_kind` of each generator, from `texts`."""
+def generated(
+    texts: list[str], per_kind: int, seed: int, skip: frozenset[str] = frozenset()
+) -> list[tuple[str, str, int, str]]:
+    """(a, b, label, kind) rows: up to `per_kind` of each generator but `skip`, from `texts`
+    (a skipped generator draws nothing from the seeded stream: the others' rows stay the same)."""
     rng = random.Random(seed)
     pool = sorted(set(texts))
     rng.shuffle(pool)
     out: list[tuple[str, str, int, str]] = []
     for label, makers in ((0, NEGATIVES), (1, POSITIVES)):
         for kind, make in makers.items():
+            if kind in skip:
+                continue
             made = 0
             for text in pool:
                 changed = make(text, rng)
