@@ -144,9 +144,9 @@ class Analysis:
     entities: frozenset[str]  # stems of capitalised names, acronyms, camelCase
     qword: str  # first question word (what/how/why/...), "" if none
     length: int  # number of words
-    # Each content word's role: the nearest directional word before it ("to",
-    # "than", "in", ...), "" if none. "Fahrenheit to Celsius": fahrenheit "",
-    # celsius "to".
+    # Each content word's role: the nearest directional word before it and
+    # which one of its kind ("to#1", "in#2"), "" if none. "Fahrenheit to
+    # Celsius": fahrenheit "", celsius "to#1".
     roles: tuple[tuple[str, str], ...] = ()
 
 
