@@ -135,12 +135,14 @@ def test_questions_with_opposed_words_never_match(check: Check, query: str, cand
 @pytest.mark.parametrize(
     ("query", "candidate"),
     [
-        ("How do I transfer money from PayPal to my bank?", "How do I transfer money from my bank to PayPal?"),
+        ("How do I transfer money from PayPal to my bank?",
+         "How do I transfer money from my bank to PayPal?"),
         ("Is a cheetah faster than a horse?", "Is a horse faster than a cheetah?"),
         ("How many liters are in a gallon?", "How many gallons are in a liter?"),
         ("Can I replace butter with oil in a cake?", "Can I replace oil with butter in a cake?"),
         ("How do I migrate from MySQL to Postgres?", "How do I migrate from Postgres to MySQL?"),
-        ("Translate good morning from English into French", "Translate good morning from French into English"),
+        ("Translate good morning from English into French",
+         "Translate good morning from French into English"),
     ],
 )  # fmt: skip
 def test_questions_whose_arguments_swapped_roles_never_match(
@@ -157,7 +159,8 @@ def test_questions_whose_arguments_swapped_roles_never_match(
         ("How do I move from India to Canada?", "How can I move to Canada from India?"),
         ("How do I clear the cache in Chrome?", "How can I clear Chrome's cache?"),
         ("Convert 100 Fahrenheit to Celsius", "What is 100 Fahrenheit in Celsius?"),
-        ("How do I get to the airport from downtown?", "How do I get from downtown to the airport?"),
+        ("How do I get to the airport from downtown?",
+         "How do I get from downtown to the airport?"),
     ],
 )  # fmt: skip
 def test_a_moved_phrase_is_not_a_swap(query: str, candidate: str) -> None:
