@@ -262,9 +262,12 @@ def discard(opening: asyncio.Future[Opened]) -> None:
 
 async def _stop(opening: asyncio.Future[Opened]) -> None:
     """:func:`discard`, and wait until the opening has freed its lease and connection."""
-    discard(opening)
+    if opening.done():
+        discard(opening)
+        return
+    opening.cancel()
     await asyncio.wait((opening,))
-    discard(opening)  # one that ended with an answer all the same
+    discard(opening)  # it may have ended with an answer all the same
 
 
 def _cancelled(call: Call) -> dict[str, float]:
