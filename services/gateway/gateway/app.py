@@ -22,7 +22,6 @@ from gateway.api.admin import InvalidateBody, admin_router
 from gateway.api.body import describe
 from gateway.api.completions import completions_routes
 from gateway.api.embeddings import embeddings_router
-from gateway.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.api.system import system_router
 from gateway.asgi import HotPaths
 from gateway.balance.affinity import AffinityConfig
@@ -38,6 +37,7 @@ from gateway.clients.sidecar import Sidecar
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.gate import Gate
 from gateway.metrics import GatewayMetrics
+from gateway.protocol.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.proxy.handler import Proxy
 from gateway.proxy.upstream import Upstream
 from gateway.responses import RawResponse

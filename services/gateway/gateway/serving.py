@@ -51,14 +51,14 @@ from collections.abc import Awaitable
 
 from starlette.responses import Response
 
-from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
-from gateway.cache import stored
-from gateway.cache.keys import CacheKey, chat_key, completion_key
+from gateway.cache.keys import CacheKey, cache_key
 from gateway.cache.layer import BYPASS, MISS, CacheLayer, Found, Lookup
 from gateway.cache.policy import decide
 from gateway.errors import GatewayError
-from gateway.proxy.call import Call
-from gateway.proxy.handler import OnSuccess, Proxy, discard
+from gateway.protocol import answer
+from gateway.protocol.calls import AnyRequest
+from gateway.proxy.call import Call, Completion
+from gateway.proxy.handler import Observer, Proxy, discard, unexpected
 from gateway.proxy.stream import STREAM_HEADERS
 from gateway.proxy.upstream import Opened
 from gateway.responses import RawResponse
@@ -67,7 +67,6 @@ from gateway.tracing import Tracing
 
 BYPASS_HEADERS = [(b"x-cache", BYPASS.encode())]
 MISS_HEADERS = [(b"x-cache", MISS.encode())]
-AnyRequest = ChatCompletionRequest | CompletionRequest
 
 
 class Completions:
@@ -95,14 +94,11 @@ class Completions:
         )
         if self._cache is None or decision.bypass:
             return await self._proxy.serve(call, extra_headers=BYPASS_HEADERS)
-        if isinstance(req, ChatCompletionRequest):
-            key, kind = chat_key(tenant, req), stored.CHAT
-        else:
-            key, kind = completion_key(tenant, req), stored.COMPLETION
+        key = cache_key(tenant, req)
         self._proxy.admit(call)
         if not decision.lookup:
-            on_success = self._storer(key, kind, None) if decision.store else None
-            return await self._upstream(call, self._proxy.open(call), on_success)
+            store = self._storer(key, None) if decision.store else None
+            return await self._upstream(call, self._proxy.open(call), store)
         lookup = self._cache.start(key, call.request_id, call.trace)
         opening: asyncio.Task[Opened] | None = None
         try:
@@ -113,14 +109,13 @@ class Completions:
             lookup.abandon()
             if opening is not None:
                 discard(opening)
-            cancelled = isinstance(exc, asyncio.CancelledError)
-            self._proxy.finish(call, *((499, "cancelled") if cancelled else (500, "internal")))
+            self._proxy.finish(call, *unexpected(exc))
             raise
         if found is not None:
             return self._replay(call, req, found)
         learned = lookup.abandon()
-        on_success = self._storer(key, kind, learned) if decision.store else None
-        return await self._upstream(call, opening or self._proxy.open(call), on_success)
+        store = self._storer(key, learned) if decision.store else None
+        return await self._upstream(call, opening or self._proxy.open(call), store)
 
     async def _first_answer(
         self, call: Call, lookup: Lookup
@@ -149,24 +144,23 @@ class Completions:
             raise
 
     async def _upstream(
-        self, call: Call, opening: Awaitable[Opened], on_success: OnSuccess | None
+        self, call: Call, opening: Awaitable[Opened], store: Observer | None
     ) -> Response:
         call.cache = MISS
-        return await self._proxy.answer(
-            call, opening, extra_headers=MISS_HEADERS, on_success=on_success
-        )
+        return await self._proxy.answer(call, opening, extra_headers=MISS_HEADERS, observe=store)
 
-    def _storer(self, key: CacheKey, kind: str, found: Found | None) -> OnSuccess:
+    def _storer(self, key: CacheKey, found: Found | None) -> Observer:
+        """Store the answer once it is complete (only whole, successful answers are)."""
         cache = self._cache
         assert cache is not None
 
-        def on_success(call: Call, body: bytes) -> None:
-            answer = stored.from_stream(kind, body) if call.stream else stored.from_body(body)
-            if answer is not None:
-                upstream_s = call.upstream_ended - call.upstream_started
-                cache.store_later(key, found, answer, upstream_s, call.request_id)
+        def store(call: Call, completion: Completion) -> None:
+            if completion.succeeded and completion.answer is not None:
+                cache.store_later(
+                    key, found, completion.answer, completion.upstream_s, call.request_id
+                )
 
-        return on_success
+        return store
 
     def _replay(self, call: Call, req: AnyRequest, found: Found) -> Response:
         call.cache = found.outcome
@@ -178,13 +172,13 @@ class Completions:
             headers.append((b"x-cache-similarity", f"{found.similarity:.4f}".encode()))
         if call.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            body = stored.replay_sse(found.stored, include_usage=include_usage)
+            body = answer.replay_sse(found.stored, include_usage=include_usage)
             response = RawResponse(
                 body, 200, "text/event-stream; charset=utf-8", [*STREAM_HEADERS, *headers]
             )
         else:
             response = RawResponse(
-                stored.replay_json(found.stored), 200, "application/json", headers
+                answer.replay_json(found.stored), 200, "application/json", headers
             )
         call.first_token_at = time.perf_counter()
         self._proxy.answered_locally(call, 200)

@@ -7,10 +7,11 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
-from gateway.cache import stored
 from gateway.cache.keys import chat_key, completion_key
 from gateway.cache.policy import decide
+from gateway.protocol import answer as stored
+from gateway.protocol.calls import Kind
+from gateway.protocol.schemas import ChatCompletionRequest, CompletionRequest
 
 
 def chat(messages: list[dict[str, Any]] | None = None, **extra: Any) -> ChatCompletionRequest:
@@ -130,7 +131,7 @@ def delta(content: str | None = None, finish: str | None = None, role: str | Non
 
 def test_streamed_answer_is_assembled_and_replays_the_same_text_both_ways() -> None:
     raw = sse(delta("", role="assistant"), delta("Hello"), delta(" world"), delta(finish="stop"))
-    kept = stored.from_stream(stored.CHAT, raw)
+    kept = stored.from_stream(Kind.CHAT, raw)
     assert kept is not None
     answer = orjson.loads(stored.replay_json(kept))
     assert answer["choices"][0]["message"]["content"] == "Hello world"
@@ -147,9 +148,9 @@ def test_streamed_answer_is_assembled_and_replays_the_same_text_both_ways() -> N
 
 def test_incomplete_or_failed_streams_are_never_kept() -> None:
     no_finish = sse(delta("", role="assistant"), delta("Hel"))
-    assert stored.from_stream(stored.CHAT, no_finish) is None
+    assert stored.from_stream(Kind.CHAT, no_finish) is None
     error = sse(delta("Hi"), {"error": {"message": "boom"}})
-    assert stored.from_stream(stored.CHAT, error) is None
+    assert stored.from_stream(Kind.CHAT, error) is None
     assert (
         stored.from_body(b'{"choices": [{"index": 0, "message": {}, "finish_reason": null}]}')
         is None

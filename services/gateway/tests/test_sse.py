@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.proxy.sse import StreamWatch
+from gateway.protocol.sse import StreamWatch
 
 
 def _event(obj: object) -> bytes:

@@ -16,11 +16,11 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from gateway.api import openapi
 from gateway.api.body import parse, read_body
-from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.cache.keys import chat_key, completion_key
 from gateway.clients.cache import CacheClient
 from gateway.errors import DependencyUnavailable, InvalidRequest
 from gateway.gate import Gate
+from gateway.protocol.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.responses import RawResponse
 from gateway.settings import GatewaySettings
 

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.api import openapi
 from gateway.api.body import parse, read_body, request_id
 from gateway.api.openapi import COMPLETION_RESPONSES
-from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.asgi import Handler
 from gateway.balance.prefix import PromptPrefix, prompt_prefix
-from gateway.cache.keys import prompt_text
 from gateway.cache.policy import OPT_IN_HEADER
 from gateway.errors import InvalidRequest
 from gateway.gate import Gate
+from gateway.protocol.calls import AnyRequest, Kind, prompt_parts, prompt_text
+from gateway.protocol.schemas import ChatCompletionRequest, CompletionRequest
 from gateway.proxy.call import Call, forwardable_headers, upstream_request_id
 from gateway.serving import Completions
 from gateway.settings import GatewaySettings
@@ -24,24 +22,10 @@ from gateway.tenancy import Tenant
 from gateway.tracing import Tracing
 
 
-def routing_prefix(req: ChatCompletionRequest | CompletionRequest) -> PromptPrefix | None:
+def routing_prefix(req: AnyRequest) -> PromptPrefix | None:
     """The prompt as the model server renders it, in order, for prefix affinity."""
-    if isinstance(req, CompletionRequest):
-        prompt = req.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            prompt = prompt[0]  # a batch of prompts: routed by the first
-        return prompt_prefix((prompt,)) if isinstance(prompt, str) else None
-    return prompt_prefix(_message_parts(req))
-
-
-def _message_parts(req: ChatCompletionRequest) -> Iterator[str]:
-    for message in req.messages:
-        yield message.role
-        content = message.content
-        if isinstance(content, str):
-            yield content
-        elif isinstance(content, list):
-            yield from (p["text"] for p in content if isinstance(p.get("text"), str))
+    parts = prompt_parts(req)
+    return prompt_prefix(parts) if parts is not None else None
 
 
 def completions_routes(
@@ -65,16 +49,15 @@ def completions_routes(
 
     async def serve(
         request: Request,
-        route: str,
+        kind: Kind,
         body: bytes,
-        req: ChatCompletionRequest | CompletionRequest,
+        req: AnyRequest,
         rid: str,
         tenant: Tenant,
     ) -> Response:
         upstream_id = upstream_request_id(rid)
         call = Call(
-            route=route,
-            path=route,
+            kind=kind,
             model=req.model,
             stream=req.stream,
             body=body,
@@ -89,7 +72,7 @@ def completions_routes(
             call.prompt = prompt_text(req)
         if tracing.enabled:
             call.span, call.trace = tracing.start_request(
-                f"POST {route}",
+                f"POST {kind.route}",
                 call.headers,
                 {
                     "llm.model": req.model,
@@ -108,7 +91,7 @@ def completions_routes(
         )
 
     @router.post(
-        "/v1/chat/completions",
+        Kind.CHAT.route,
         responses=COMPLETION_RESPONSES,
         openapi_extra=openapi.body(ChatCompletionRequest),
     )
@@ -117,10 +100,10 @@ def completions_routes(
         body = await read_body(request, limit)
         req = parse(ChatCompletionRequest, body)
         check_limits(req.token_limit(), len(req.messages))
-        return await serve(request, "/v1/chat/completions", body, req, rid, tenant)
+        return await serve(request, Kind.CHAT, body, req, rid, tenant)
 
     @router.post(
-        "/v1/completions",
+        Kind.COMPLETION.route,
         responses=COMPLETION_RESPONSES,
         openapi_extra=openapi.body(CompletionRequest),
     )
@@ -129,10 +112,10 @@ def completions_routes(
         body = await read_body(request, limit)
         req = parse(CompletionRequest, body)
         check_limits(req.token_limit())
-        return await serve(request, "/v1/completions", body, req, rid, tenant)
+        return await serve(request, Kind.COMPLETION, body, req, rid, tenant)
 
     hot: dict[str, Handler] = {
-        "/v1/chat/completions": chat_completions,
-        "/v1/completions": completions_route,
+        Kind.CHAT.route: chat_completions,
+        Kind.COMPLETION.route: completions_route,
     }
     return router, hot

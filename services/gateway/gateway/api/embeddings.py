@@ -13,10 +13,10 @@ from fastapi.responses import Response
 
 from gateway.api import openapi
 from gateway.api.body import parse, read_body, request_id
-from gateway.api.schemas import EmbeddingRequest
 from gateway.clients.embedder import EmbedderClient
 from gateway.errors import DependencyUnavailable, ModelNotFound
 from gateway.gate import Gate
+from gateway.protocol.schemas import EmbeddingRequest
 from gateway.responses import RawResponse
 from gateway.settings import GatewaySettings
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import orjson
 
-from gateway.api.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
+from gateway.protocol.calls import AnyRequest, message_text
+from gateway.protocol.schemas import ChatCompletionRequest, CompletionRequest
 
 # Fields that do not change what is generated.
 _TRANSPORT = {"stream", "stream_options", "user"}
@@ -44,23 +45,13 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(canonical).hexdigest()[:40]
 
 
-def _message_text(message: ChatMessage) -> str | None:
-    if isinstance(message.content, str):
-        return message.content
-    if isinstance(message.content, list):
-        parts = [p.get("text") for p in message.content if p.get("type") == "text"]
-        if len(parts) == len(message.content) and all(isinstance(p, str) for p in parts):
-            return "\n".join(parts)  # type: ignore[arg-type]
-    return None  # images or other parts: exact-only
-
-
 def chat_key(tenant: str, req: ChatCompletionRequest) -> CacheKey:
     data = req.model_dump(mode="json", exclude=_TRANSPORT | {"messages"}, exclude_none=True)
     history = [m.model_dump(mode="json", exclude_none=True) for m in req.messages[:-1]]
     last = req.messages[-1]
     namespace = _namespace(tenant, "chat", req.model, {"params": data, "history": history})
     exact = _digest({"ns": namespace, "last": last.model_dump(mode="json", exclude_none=True)})
-    text = _message_text(last) if last.role == "user" else None
+    text = message_text(last) if last.role == "user" else None
     return CacheKey(namespace, exact, text or None)
 
 
@@ -72,11 +63,10 @@ def completion_key(tenant: str, req: CompletionRequest) -> CacheKey:
     return CacheKey(namespace, exact, text or None)
 
 
-def prompt_text(req: ChatCompletionRequest | CompletionRequest) -> str:
-    """The user's text, for logs when prompt logging is on."""
+def cache_key(tenant: str, req: AnyRequest) -> CacheKey:
     if isinstance(req, ChatCompletionRequest):
-        return _message_text(req.messages[-1]) or ""
-    return req.prompt if isinstance(req.prompt, str) else str(req.prompt)
+        return chat_key(tenant, req)
+    return completion_key(tenant, req)
 
 
 def _namespace(tenant: str, route: str, model: str, conditions: dict[str, Any]) -> str:

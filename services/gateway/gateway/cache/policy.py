@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.api.schemas import ChatCompletionRequest, CompletionRequest
+from gateway.protocol.schemas import ChatCompletionRequest, CompletionRequest
 
 OPT_IN_HEADER = "x-llmgw-cache"
 

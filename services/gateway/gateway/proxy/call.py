@@ -1,4 +1,5 @@
-"""What the proxy knows about one client request while serving it."""
+"""One client request while it is served (:class:`Call`), and how its upstream
+attempt ended (:class:`Completion`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.balance.outcome import Outcome
 from gateway.balance.prefix import PromptPrefix
+from gateway.protocol.calls import Kind
 
 # Request headers never forwarded to a backend: hop-by-hop ones, those the
 # upstream client sets itself, and credentials meant for the gateway.
@@ -60,8 +63,7 @@ def forwardable_headers(raw: list[tuple[bytes, bytes]], upstream_id: str) -> dic
 class Call:
     """One client request, from arrival to its last byte."""
 
-    route: str
-    path: str
+    kind: Kind  # set once, by the route
     model: str
     stream: bool
     body: bytes
@@ -87,3 +89,31 @@ class Call:
     prefix: PromptPrefix | None = None  # the prompt's block hashes, for prefix affinity
     prompt: str | None = None  # only when GATEWAY_LOG_PROMPTS is on
     completion: str | None = None
+
+    @property
+    def route(self) -> str:
+        """The route, as metrics and logs name it, and the path sent upstream."""
+        return self.kind.route
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What happened when the upstream answer a client received ended, built once.
+
+    The proxy builds it when the answer ends, whatever ended it (the whole
+    answer, an upstream cut or timeout, the client gone, the task cancelled,
+    an exception while sending), and every part that cares observes the same
+    value: metrics and the log line (``Proxy.finish``), the cache's store. The
+    breaker and the latency estimate heard ``outcome`` through the lease.
+    """
+
+    outcome: Outcome
+    status: int  # as the client saw it (a cancelled stream: 499)
+    tokens_in: int
+    tokens_out: int
+    answer: bytes | None  # the complete answer (``protocol.answer``), when kept and whole
+    upstream_s: float  # from the start of the attempt that answered to the end of its answer
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome is Outcome.SUCCESS

@@ -17,14 +17,12 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import orjson
-
 from gateway.balance.outcome import Outcome, classify
-from gateway.cache import stored
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
-from gateway.proxy.call import Call
-from gateway.proxy.sse import StreamWatch
+from gateway.protocol import answer
+from gateway.protocol.sse import StreamWatch
+from gateway.proxy.call import Call, Completion
 from gateway.proxy.stream import StreamResponse
 from gateway.proxy.upstream import Opened, Upstream
 from gateway.responses import RawResponse
@@ -33,8 +31,9 @@ from llmgw_common.logs import get_logger
 
 log = get_logger("gateway.request")
 
-# Called after a complete, successful upstream answer (for the cache to store).
-OnSuccess = Callable[[Call, bytes], None]
+# Told how an upstream answer ended, after the proxy accounted for it (the cache
+# stores a complete answer). It is asked to keep the answer: ``Completion.answer``.
+Observer = Callable[[Call, Completion], None]
 
 
 class Proxy:
@@ -61,12 +60,12 @@ class Proxy:
         call: Call,
         *,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
-        on_success: OnSuccess | None = None,
+        observe: Observer | None = None,
     ) -> StreamResponse | RawResponse:
         """Admit, open upstream and answer."""
         self.admit(call)
         return await self.answer(
-            call, self.open(call), extra_headers=extra_headers, on_success=on_success
+            call, self.open(call), extra_headers=extra_headers, observe=observe
         )
 
     def open(self, call: Call) -> Coroutine[Any, Any, Opened]:
@@ -80,7 +79,7 @@ class Proxy:
         opening: Awaitable[Opened],
         *,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
-        on_success: OnSuccess | None = None,
+        observe: Observer | None = None,
     ) -> StreamResponse | RawResponse:
         """The response to an admitted call, once ``opening`` (from :meth:`open`) ends."""
         try:
@@ -92,33 +91,37 @@ class Proxy:
         except GatewayError as exc:
             self.finish(call, exc.status, exc.code or exc.type)
             raise
-        except BaseException:
-            self.finish(call, 499, "cancelled")
+        except BaseException as exc:  # cancelled (499), or a bug of ours (500)
+            self.finish(call, *unexpected(exc))
             raise
         headers = [(b"x-request-id", call.request_id.encode()), *(extra_headers or ())]
+        keep = observe is not None or call.prompt is not None
         if opened.response is None:
-            return self._whole(call, opened, headers, on_success)
+            return self._whole(call, opened, headers, keep, observe)
 
-        def done(
-            c: Call, outcome: Outcome, watch: StreamWatch | None, copy: list[bytes] | None
-        ) -> None:
-            self._count_attempt(c, outcome)
-            if watch is not None:
-                c.tokens_out = watch.completion_tokens
-                c.tokens_in = (watch.usage or {}).get("prompt_tokens", 0)
-            if c.prompt is not None and copy is not None:
-                answer = stored.from_stream(_kind(c), b"".join(copy))
-                c.completion = stored.text_of(answer) if answer else ""
-            self.finish(c, 200 if outcome is not Outcome.CANCELLED else 499, outcome)
-            if on_success is not None and copy is not None and outcome is Outcome.SUCCESS:
-                on_success(c, b"".join(copy))
+        def done(outcome: Outcome, watch: StreamWatch, copy: list[bytes] | None) -> None:
+            whole = None
+            if copy is not None and outcome is Outcome.SUCCESS:
+                whole = answer.from_stream(call.kind, b"".join(copy))
+            self._completed(
+                call,
+                Completion(
+                    outcome=outcome,
+                    status=499 if outcome is Outcome.CANCELLED else 200,
+                    tokens_in=(watch.usage or {}).get("prompt_tokens", 0),
+                    tokens_out=watch.completion_tokens,
+                    answer=whole,
+                    upstream_s=max(0.0, call.upstream_ended - call.upstream_started),
+                ),
+                observe,
+            )
 
         return StreamResponse(
             opened,
             call,
             done,
             extra_headers=headers[1:],
-            keep_copy=on_success is not None or call.prompt is not None,
+            keep_copy=keep,
             observe_gap=self._gap,
         )
 
@@ -127,18 +130,35 @@ class Proxy:
         call: Call,
         opened: Opened,
         headers: list[tuple[bytes, bytes]],
-        on_success: OnSuccess | None,
+        keep: bool,
+        observe: Observer | None,
     ) -> RawResponse:
         """A non-streamed answer (or an error status), already read in full."""
         outcome = classify(opened.status)
         opened.lease.release(outcome)
-        self._count_attempt(call, outcome)
-        if outcome is Outcome.SUCCESS:
-            _read_answer(call, opened.first_chunk)
-        self.finish(call, opened.status, outcome)
-        if on_success is not None and outcome is Outcome.SUCCESS:
-            on_success(call, opened.first_chunk)
-        return RawResponse(opened.first_chunk, opened.status, opened.content_type, headers)
+        body = opened.first_chunk
+        success = outcome is Outcome.SUCCESS
+        tokens_in, tokens_out = answer.usage_of(body) if success else (0, 0)
+        completion = Completion(
+            outcome=outcome,
+            status=opened.status,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            answer=answer.from_body(body) if keep and success else None,
+            upstream_s=max(0.0, call.upstream_ended - call.upstream_started),
+        )
+        self._completed(call, completion, observe)
+        return RawResponse(body, opened.status, opened.content_type, headers)
+
+    def _completed(self, call: Call, completion: Completion, observe: Observer | None) -> None:
+        """Account for an upstream answer that ended, once; then tell the observer."""
+        self._count_attempt(call, completion.outcome)
+        call.tokens_in, call.tokens_out = completion.tokens_in, completion.tokens_out
+        if call.prompt is not None:
+            call.completion = answer.text_of(completion.answer) if completion.answer else ""
+        self.finish(call, completion.status, completion.outcome)
+        if observe is not None:
+            observe(call, completion)
 
     async def _open_unless_client_leaves(self, call: Call) -> Opened:
         """Open upstream, but give up at once (and free the backend) if the client leaves.
@@ -283,19 +303,6 @@ def _texts(call: Call) -> dict[str, str]:
     return {"prompt": call.prompt, "completion": call.completion or ""}
 
 
-def _kind(call: Call) -> str:
-    return stored.CHAT if call.route.endswith("chat/completions") else stored.COMPLETION
-
-
-def _read_answer(call: Call, body: bytes) -> None:
-    """Token counts (and the text, when prompts are logged) of a non-streamed answer."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return
-    usage = data.get("usage") if isinstance(data, dict) else None
-    if isinstance(usage, dict):
-        call.tokens_out = int(usage.get("completion_tokens") or 0)
-        call.tokens_in = int(usage.get("prompt_tokens") or 0)
-    if call.prompt is not None and isinstance(data, dict) and data.get("choices"):
-        call.completion = stored.text_of(body)
+def unexpected(exc: BaseException) -> tuple[int, str]:
+    """The status and outcome of a call ended by an exception that is no gateway error."""
+    return (499, "cancelled") if isinstance(exc, asyncio.CancelledError) else (500, "internal")

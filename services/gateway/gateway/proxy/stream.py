@@ -25,14 +25,15 @@ from starlette.responses import Response
 
 from gateway.balance.outcome import ErrorKind, Outcome, classify
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.protocol.sse import StreamWatch
 from gateway.proxy.call import Call
-from gateway.proxy.sse import StreamWatch
 from gateway.proxy.upstream import Opened
 
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
-OnDone = Callable[[Call, Outcome, StreamWatch | None, list[bytes] | None], None]
+# How the stream ended, what the watcher saw, and the copy of its bytes (if kept).
+OnDone = Callable[[Outcome, StreamWatch, list[bytes] | None], None]
 
 STREAM_HEADERS = [
     (b"cache-control", b"no-cache"),
@@ -81,7 +82,7 @@ class StreamResponse(Response):
             lease.release(outcome)
         finally:
             lease.release(Outcome.CANCELLED)  # no-op unless cancelled above: pending drops
-            self._on_done(self._call, outcome, self._watch, self._copy)
+            self._on_done(outcome, self._watch, self._copy)
 
     async def _serve(self, receive: Receive, send: Send) -> Outcome:
         call, opened = self._call, self._opened

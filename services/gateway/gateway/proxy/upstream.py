@@ -161,7 +161,7 @@ class Upstream:
         return lease
 
     async def _attempt(self, lease: Lease, call: Call) -> Opened:
-        url = lease.endpoint.url + call.path
+        url = lease.endpoint.url + call.route
         call.upstream_started = time.perf_counter()
         try:
             if call.stream:

@@ -1,6 +1,7 @@
-"""The stored form of an answer, and its replay as JSON or as an SSE stream.
+"""A complete answer: assembled from a stream or a body, replayed as JSON or SSE.
 
-An answer is stored once, as the non-streamed OpenAI object
+The complete form of an answer is the non-streamed OpenAI object. The cache
+stores an answer once, as the non-streamed OpenAI object
 (``chat.completion`` or ``text_completion``), whichever way it was first
 served: a streamed miss is assembled from the chunks the proxy copied. A hit is
 replayed in the form the new request asks for, with a fresh id and ``created``
@@ -21,7 +22,8 @@ from typing import Any
 
 import orjson
 
-CHAT, COMPLETION = "chat", "completion"
+from gateway.protocol.calls import Kind
+
 _REPLAY_CHUNK_CHARS = 48
 
 
@@ -36,7 +38,25 @@ def from_body(body: bytes) -> bytes | None:
     return orjson.dumps(data)
 
 
-def from_stream(kind: str, raw: bytes) -> bytes | None:
+def assemble(kind: Kind, *, stream: bool, raw: bytes) -> bytes | None:
+    """The complete answer in a streamed or a non-streamed upstream body, or None
+    when it is not one (an error, a cut stream, a choice without ``finish_reason``)."""
+    return from_stream(kind, raw) if stream else from_body(raw)
+
+
+def usage_of(body: bytes) -> tuple[int, int]:
+    """``(prompt_tokens, completion_tokens)`` of a non-streamed answer; zeros when absent."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 0, 0
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+def from_stream(kind: Kind, raw: bytes) -> bytes | None:
     """Assemble a streamed answer's chunks into the non-streamed object."""
     choices: dict[int, dict[str, Any]] = {}
     head: dict[str, Any] = {}
@@ -58,7 +78,7 @@ def from_stream(kind: str, raw: bytes) -> bytes | None:
         return None
     answer = {
         "id": head.get("id", ""),
-        "object": "chat.completion" if kind == CHAT else "text_completion",
+        "object": kind.object_name,
         "created": head.get("created", 0),
         "model": head.get("model", ""),
         "choices": [_finish(kind, i, c) for i, c in sorted(choices.items())],
@@ -68,8 +88,8 @@ def from_stream(kind: str, raw: bytes) -> bytes | None:
     return orjson.dumps(answer) if _complete(answer["choices"]) else None
 
 
-def _merge(kind: str, acc: dict[str, Any], delta: dict[str, Any]) -> None:
-    if kind == CHAT:
+def _merge(kind: Kind, acc: dict[str, Any], delta: dict[str, Any]) -> None:
+    if kind is Kind.CHAT:
         d = delta.get("delta") or {}
         acc["role"] = d.get("role") or acc.get("role", "assistant")
         acc["content"] = acc.get("content", "") + (d.get("content") or "")
@@ -79,9 +99,9 @@ def _merge(kind: str, acc: dict[str, Any], delta: dict[str, Any]) -> None:
         acc["finish_reason"] = delta["finish_reason"]
 
 
-def _finish(kind: str, index: int, acc: dict[str, Any]) -> dict[str, Any]:
+def _finish(kind: Kind, index: int, acc: dict[str, Any]) -> dict[str, Any]:
     reason = acc.get("finish_reason")
-    if kind == CHAT:
+    if kind is Kind.CHAT:
         message = {"role": acc.get("role", "assistant"), "content": acc.get("content", "")}
         return {"index": index, "message": message, "logprobs": None, "finish_reason": reason}
     return {"index": index, "text": acc.get("text", ""), "logprobs": None, "finish_reason": reason}
@@ -95,8 +115,8 @@ def _complete(choices: object) -> bool:
     )
 
 
-def _fresh_id(kind: str) -> str:
-    return ("chatcmpl-" if kind == CHAT else "cmpl-") + uuid.uuid4().hex
+def _fresh_id(kind: Kind) -> str:
+    return kind.id_prefix + uuid.uuid4().hex
 
 
 def text_of(answer: bytes) -> str:
@@ -108,7 +128,7 @@ def text_of(answer: bytes) -> str:
 
 def replay_json(stored: bytes) -> bytes:
     data = orjson.loads(stored)
-    data["id"] = _fresh_id(CHAT if data.get("object") == "chat.completion" else COMPLETION)
+    data["id"] = _fresh_id(Kind.of_object(data.get("object")))
     data["created"] = int(time.time())
     return orjson.dumps(data)
 
@@ -116,10 +136,11 @@ def replay_json(stored: bytes) -> bytes:
 def replay_sse(stored: bytes, *, include_usage: bool) -> bytes:
     """The whole stream in one buffer: a hit is sent in one write."""
     data = orjson.loads(stored)
-    chat = data.get("object") == "chat.completion"
+    kind = Kind.of_object(data.get("object"))
+    chat = kind is Kind.CHAT
     head = {
-        "id": _fresh_id(CHAT if chat else COMPLETION),
-        "object": "chat.completion.chunk" if chat else "text_completion",
+        "id": _fresh_id(kind),
+        "object": kind.chunk_object,
         "created": int(time.time()),
         "model": data.get("model", ""),
     }
