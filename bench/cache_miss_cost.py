@@ -34,18 +34,15 @@ that the machine's load (it is shared) falls on every gateway alike:
 
 CACHED's own counters, read around each phase, give the lookup outcomes, the
 upstream attempts a hit cancelled (and their seconds), and the mean time of
-each stage (``bench.cache_path.inside``).
+each stage (``bench.cache_path.metrics.inside``).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import signal
 import statistics
 import sys
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,54 +51,28 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.cache_path import (
+from bench.cache_path.client import (
     BYPASS,
+    EMBEDDINGS,
     HIT_EXACT,
     HIT_SEMANTIC,
     JSON_HEADERS,
     MISS,
-    REQUEST_TIMEOUT,
-    Bench,
     Job,
     Reply,
-    Stack,
     ask,
-    check_pairs,
-    grown,
-    inside,
-    md_table,
-    miss_question,
-    prime,
-    question_pairs,
-    scrape,
-    start_stack,
-    wait_for_quiet,
+    embeddings_call,
 )
-from bench.loadgen import percentile
-from bench.proxy import _run_loop, _terminate, machine
-from deploy.local.procs import Proc
+from bench.cache_path.metrics import grown, inside, scrape
+from bench.cache_path.questions import miss_question, question_pairs
+from bench.cache_path.session import Bench, check_pairs, prime
+from bench.cache_path.stack import Stack, measured
+from bench.runner import add_quiet_flags, run_and_report
+from bench.stats import fmt, md_table, percentile, summary
 
 TARGET_MISS_ADDED_MS = 1.0
 TARGET_HIT_OVER_EMBEDDING = 2.0
 NO_STORE = {**JSON_HEADERS, "Cache-Control": "no-store"}
-EMBEDDINGS = "EMBEDDINGS"
-
-
-async def embeddings_call(session: aiohttp.ClientSession, base: str, text: str) -> Reply:
-    """One ``POST /v1/embeddings`` of ``text``, timed like :func:`ask`."""
-    error = None
-    body = orjson.dumps({"model": "all-MiniLM-L6-v2", "input": text})
-    started = time.perf_counter()
-    try:
-        async with session.post(
-            base + "/v1/embeddings", data=body, headers=JSON_HEADERS, timeout=REQUEST_TIMEOUT
-        ) as resp:
-            await resp.read()
-            error = None if resp.status == 200 else f"http_{resp.status}"
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        error = type(exc).__name__
-    ended = time.perf_counter()
-    return Reply(Job(base, text, False), EMBEDDINGS, None, started, ended, None, error, None)
 
 
 Unit = list[tuple[str, Job | str]]  # (series, a chat request or the text to embed)
@@ -211,10 +182,8 @@ def row(series: str, replies: list[Reply], expected: str) -> dict[str, Any]:
         "requests": len(replies),
         "x_cache": dict(Counter(r.error or r.x_cache for r in replies)),
         "as_expected": len(ok),
-        "p50_ms": percentile([r.total_ms for r in ok], 50),
-        "p90_ms": percentile([r.total_ms for r in ok], 90),
-        "ttft_p50_ms": percentile(ttfts, 50),
-        "ttft_p90_ms": percentile(ttfts, 90),
+        **summary([r.total_ms for r in ok], (50, 90), "p{q:g}_ms"),
+        **summary(ttfts, (50, 90), "ttft_p{q:g}_ms"),
     }
 
 
@@ -324,12 +293,6 @@ def headline(
     return out
 
 
-def _f(value: Any) -> str:
-    if isinstance(value, float):
-        return "-" if value != value else f"{value:.2f}"
-    return str(value)
-
-
 def report(result: dict[str, Any]) -> str:
     info, load = result["machine"], result["load"]
     lines = [
@@ -341,7 +304,7 @@ def report(result: dict[str, Any]) -> str:
         f"primed {result['primed']['stored']}/{result['primed']['questions']}, paraphrases "
         f"accepted {result['accepted']}/{result['paraphrases']}; concurrency 1",
         "",
-        md_table(("figure", "value"), ((k, _f(v)) for k, v in result["figures"].items())),
+        md_table(("figure", "value"), ((k, fmt(v)) for k, v in result["figures"].items())),
     ]
     for ph in result["phases"]:
         head = ("series", "requests", "X-Cache", "p50 ms", "p90 ms", "TTFT p50", "TTFT p90")
@@ -350,10 +313,10 @@ def report(result: dict[str, Any]) -> str:
                 r["series"],
                 str(r["requests"]),
                 ", ".join(f"{k} {v}" for k, v in sorted(r["x_cache"].items())),
-                _f(r["p50_ms"]),
-                _f(r["p90_ms"]),
-                _f(r["ttft_p50_ms"]),
-                _f(r["ttft_p90_ms"]),
+                fmt(r["p50_ms"]),
+                fmt(r["p90_ms"]),
+                fmt(r["ttft_p50_ms"]),
+                fmt(r["ttft_p90_ms"]),
             )
             for r in ph["rows"]
         ]
@@ -372,9 +335,9 @@ def report(result: dict[str, Any]) -> str:
                 for gw, (n, sec) in ph["cancelled_by_gateway"].items()
             )
             + ". "
-            f"Mean ms: gateway lookup {_f(i['gateway_lookup_ms'])}, embed call "
-            f"{_f(i['embed_ms'])} ({i['embed_calls']} calls, all gateways), cache exact "
-            f"{_f(i['cache_exact_ms'])}, cache semantic {_f(i['cache_semantic_ms'])}. "
+            f"Mean ms: gateway lookup {fmt(i['gateway_lookup_ms'])}, embed call "
+            f"{fmt(i['embed_ms'])} ({i['embed_calls']} calls, all gateways), cache exact "
+            f"{fmt(i['cache_exact_ms'])}, cache semantic {fmt(i['cache_semantic_ms'])}. "
             "CACHED's lookups that ended within ... ms: "
             + ", ".join(f"{k}: {v:.0%}" for k, v in ph["lookups_within"].items()),
         ]
@@ -382,8 +345,6 @@ def report(result: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    load_wait = wait_for_quiet(args.load_below, args.wait_load)
-    info = machine()
     budget = {"GATEWAY_CACHE_LOOKUP_BUDGET_MS": args.old_budget_ms}
     extra = {
         "eager": {"GATEWAY_CACHE_HEAD_START_MS": "0"},
@@ -391,14 +352,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.old_gateway is not None:
         extra["old"] = {"PYTHONPATH": str(args.old_gateway / "services" / "gateway"), **budget}
-    procs: list[Proc] = []
-    try:
-        stack = start_stack(procs, None, extra)
-        result = _run_loop(measure(stack, args))
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
-    return {**result, "machine": info, "load_wait": load_wait}
+    return measured(args, measure, None, extra)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -410,24 +364,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exact", type=int, default=30, help="exact-hit units")
     parser.add_argument("--old-gateway", type=Path, default=None, help="a tree with an old gateway")
     parser.add_argument("--old-budget-ms", default="100", help="OLD's lookup budget (ms)")
-    parser.add_argument("--load-below", type=float, default=2.5, help="wait for this load average")
-    parser.add_argument("--wait-load", type=float, default=120.0, help="longest wait for it (s)")
+    add_quiet_flags(parser, 2.5, 120.0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        result = run(args)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted: everything started is stopped", file=sys.stderr)
-        return 130
-    print(report(result))
-    if args.json is not None:
-        args.json.write_text(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 0
+    return run_and_report(
+        lambda: run(args),
+        report,
+        args.json,
+        lambda result: orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n",
+    )
 
 
 if __name__ == "__main__":

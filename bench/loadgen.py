@@ -110,13 +110,13 @@ async def one_request(
                 await resp.read()
                 error = f"http_{resp.status}"
             else:
-                ttft, error = await _read_stream(resp.content, started)
+                ttft, error = await read_stream(resp.content, started)
     except (aiohttp.ClientError, TimeoutError) as exc:
         error = type(exc).__name__
     return Sample(started, time.perf_counter(), ttft, error)
 
 
-async def _read_stream(
+async def read_stream(
     content: aiohttp.StreamReader, started: float
 ) -> tuple[float | None, str | None]:
     ttft: float | None = None
