@@ -139,8 +139,9 @@ class Proc:
             return ""
 
 
-def redis_proc(port: int, *, log_dir: Path | None = None) -> Proc:
-    """A throwaway redis-server: loopback only, no persistence."""
+def redis_proc(port: int, *, name: str = "", log_dir: Path | None = None) -> Proc:
+    """A throwaway redis-server (not started): loopback only, no persistence.
+    Named ``redis-<port>`` unless ``name`` is given."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
@@ -157,7 +158,7 @@ def redis_proc(port: int, *, log_dir: Path | None = None) -> Proc:
         "--protected-mode",
         "yes",
     ]
-    return Proc(f"redis-{port}", argv, log_dir=log_dir)
+    return Proc(name or f"redis-{port}", argv, log_dir=log_dir)
 
 
 def redis_ready(port: int) -> Callable[[], bool]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from pathlib import Path
 
 import httpx
 
-MODEL = "mock-llama-3-8b"
+from deploy.local.harness import Stack, chat_body
 
 
 def requests_total(text: str) -> float:
@@ -26,15 +26,14 @@ def worker_pids(text: str) -> set[str]:
     )
 
 
-def test_two_workers_count_every_request_in_one_scrape(stack: Any, tmp_path: Any) -> None:
+def test_two_workers_count_every_request_in_one_scrape(stack: Stack, tmp_path: Path) -> None:
     _, mock = stack.mock(output_tokens=4, ttft_ms=1, inter_token_ms=0)
     _, gw = stack.gateway([mock], workers=2, metrics_dir=tmp_path / "metrics")
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     with httpx.Client(timeout=10) as client:
         for i in range(40):
             reply = client.post(
                 f"{gw}/v1/chat/completions",
-                json={**body, "stream": i % 2 == 0},
+                json=chat_body("hi", stream=i % 2 == 0),
                 headers={"Connection": "close"},
             )  # new connection: any worker
             assert reply.status_code == 200
