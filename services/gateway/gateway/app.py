@@ -24,12 +24,9 @@ from gateway.api.completions import completions_routes
 from gateway.api.embeddings import embeddings_router
 from gateway.api.system import system_router
 from gateway.asgi import HotPaths
-from gateway.balance.affinity import AffinityConfig
-from gateway.balance.breaker import BreakerConfig
 from gateway.balance.discovery import Discovery, fetch_models, parse_target
 from gateway.balance.engine_poller import EnginePoller
 from gateway.balance.pool import Pool, PoolConfig
-from gateway.balance.retry_budget import RetryBudgetConfig
 from gateway.cache.layer import CacheLayer
 from gateway.clients.cache import CacheClient
 from gateway.clients.embedder import EmbedderClient
@@ -50,31 +47,8 @@ log = get_logger("gateway")
 
 
 def pool_config(settings: GatewaySettings) -> PoolConfig:
-    return PoolConfig(
-        tau_s=settings.ewma_tau_s,
-        default_rtt_s=settings.default_rtt_s,
-        penalty_s=settings.failure_penalty_s,
-        decode_weight=settings.decode_weight,
-        ttft_failure_limit_s=settings.slow_ttft_s,
-        affinity=AffinityConfig(
-            enabled=settings.prefix_affinity,
-            capacity_tokens=settings.prefix_cache_tokens,
-            token_cost_s=settings.prefill_s_per_token,
-            load_factor=settings.prefix_load_factor,
-        ),
-        breaker=BreakerConfig(
-            consecutive_failures=settings.breaker_consecutive_failures,
-            failure_rate=settings.breaker_failure_rate,
-            min_requests=settings.breaker_min_requests,
-            window_s=settings.breaker_window_s,
-            base_ejection_s=settings.breaker_base_ejection_s,
-            max_ejection_s=settings.breaker_max_ejection_s,
-            probes=settings.breaker_probes,
-        ),
-        retry_budget=RetryBudgetConfig(
-            ratio=settings.retry_budget_ratio, min_per_s=settings.retry_budget_min_per_s
-        ),
-    )
+    """Kept for callers of the earlier name: the mapping is ``settings.pool_config()``."""
+    return settings.pool_config()
 
 
 class Sidecars:
@@ -112,6 +86,82 @@ async def refresh_backend_gauges(pool: Pool, metrics: GatewayMetrics) -> None:
         await asyncio.sleep(1.0)
 
 
+class Gateway:
+    """The gateway's object graph, built here and nowhere else.
+
+    What needs no running event loop is built at once; what does (the
+    upstream session, the sidecars' gRPC channels, the cache layer over them,
+    discovery and the engine poller) in :meth:`start`, which the lifespan
+    calls; :meth:`stop` takes it all down in reverse.
+    """
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        *,
+        pool: Pool | None = None,
+        registry: CollectorRegistry | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = GatewayMetrics(self.registry)
+        self.pool = pool if pool is not None else Pool(settings.pool_config())
+        self.tracing = tracing or Tracing.from_settings(
+            settings.otlp_endpoint, settings.trace_sample_ratio
+        )
+        self.upstream = Upstream(settings, self.pool, self.metrics)
+        self.proxy = Proxy(
+            self.upstream, self.metrics, log_requests=settings.log_requests, tracing=self.tracing
+        )
+        self.completions = Completions(settings, self.proxy, self.tracing)
+        self.sidecars = Sidecars()
+        self.gate = Gate(settings, self.metrics)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        settings, pool, upstream = self.settings, self.pool, self.upstream
+        await upstream.start()
+        self.sidecars.open(settings, self.metrics, self.tracing)
+        if self.sidecars.cache is not None:
+            self.completions.attach_cache(
+                CacheLayer(
+                    settings,
+                    self.metrics,
+                    self.sidecars.cache,
+                    self.sidecars.embedder,
+                    self.tracing,
+                )
+            )
+        discovery = Discovery(
+            pool,
+            [parse_target(b.url, b.models, b.name) for b in settings.all_backends()],
+            interval_s=settings.discovery_interval_s,
+            fetch=lambda url: fetch_models(upstream.session, url),
+        )
+        await discovery.refresh()
+        self._tasks = [
+            asyncio.create_task(discovery.run(), name="discovery"),
+            asyncio.create_task(refresh_backend_gauges(pool, self.metrics), name="gauges"),
+        ]
+        if settings.engine_metrics:
+            poller = EnginePoller(pool, upstream.session)
+            self._tasks.append(asyncio.create_task(poller.run(), name="engine"))
+        log.info(
+            "gateway_started", endpoints=[s.name for s in pool.snapshot()], models=pool.models()
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.completions.drain()
+        await self.gate.close()
+        await self.sidecars.close()
+        await self.upstream.close()
+        self.tracing.shutdown()
+
+
 def create_app(
     settings: GatewaySettings,
     *,
@@ -119,56 +169,20 @@ def create_app(
     registry: CollectorRegistry | None = None,
     tracing: Tracing | None = None,
 ) -> HotPaths:
-    registry = registry if registry is not None else CollectorRegistry()
-    metrics = GatewayMetrics(registry)
-    pool = pool if pool is not None else Pool(pool_config(settings))
-    upstream = Upstream(settings, pool, metrics)
-    tracing = tracing or Tracing.from_settings(settings.otlp_endpoint, settings.trace_sample_ratio)
-    proxy = Proxy(upstream, metrics, log_requests=settings.log_requests, tracing=tracing)
-    completions = Completions(settings, proxy, tracing)
-    sidecars = Sidecars()
-    gate = Gate(settings, metrics)
-    targets = [parse_target(b.url, b.models) for b in settings.all_backends()]
+    """The ASGI app over a :class:`Gateway`: FastAPI for the routes and the OpenAPI
+    document, :class:`HotPaths` in front for the two completion routes."""
+    gw = Gateway(settings, pool=pool, registry=registry, tracing=tracing)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await upstream.start()
-        sidecars.open(settings, metrics, tracing)
-        if sidecars.cache is not None:
-            completions.attach_cache(
-                CacheLayer(settings, metrics, sidecars.cache, sidecars.embedder, tracing)
-            )
-        discovery = Discovery(
-            pool,
-            targets,
-            interval_s=settings.discovery_interval_s,
-            fetch=lambda url: fetch_models(upstream.session, url),
-        )
-        await discovery.refresh()
-        tasks = [
-            asyncio.create_task(discovery.run(), name="discovery"),
-            asyncio.create_task(refresh_backend_gauges(pool, metrics), name="gauges"),
-        ]
-        if settings.engine_metrics:
-            poller = EnginePoller(pool, upstream.session)
-            tasks.append(asyncio.create_task(poller.run(), name="engine"))
-        log.info(
-            "gateway_started", endpoints=[s.name for s in pool.snapshot()], models=pool.models()
-        )
+        await gw.start()
         # What exists now lives as long as the process: keep it out of every GC pass.
         gc.collect()
         gc.freeze()
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await completions.drain()
-            await gate.close()
-            await sidecars.close()
-            await upstream.close()
-            tracing.shutdown()
+            await gw.stop()
 
     app = FastAPI(
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -177,14 +191,14 @@ def create_app(
         lifespan=lifespan,
         description="OpenAI-compatible LLM inference gateway",
     )
-    router, hot = completions_routes(settings, completions, gate, tracing)
+    router, hot = completions_routes(settings, gw.completions, gw.gate, gw.tracing)
     app.include_router(router)
-    app.include_router(embeddings_router(settings, lambda: sidecars.embedder, gate))
-    app.include_router(admin_router(settings, lambda: sidecars.cache, gate))
-    app.include_router(system_router(pool, registry, metrics, multiprocess=settings.workers > 1))
+    app.include_router(embeddings_router(settings, lambda: gw.sidecars.embedder, gw.gate))
+    app.include_router(admin_router(settings, lambda: gw.sidecars.cache, gw.gate))
+    app.include_router(
+        system_router(gw.pool, gw.registry, gw.metrics, multiprocess=settings.workers > 1)
+    )
     install_error_handlers(app)
-    app.state.pool = pool
-    app.state.metrics = metrics
     openapi.install(
         app, [ChatCompletionRequest, CompletionRequest, EmbeddingRequest, InvalidateBody]
     )

@@ -67,9 +67,13 @@ class HotPaths:
             response = self._on_error(request, exc)
         await response(scope, receive, send)
 
-    def __getattr__(self, name: str) -> Any:
-        # ``state``, ``router``, ``openapi()``... are the FastAPI app's.
-        return getattr(self.app, name)
+    @property
+    def router(self) -> Any:
+        """The FastAPI app's router (its ``lifespan_context`` starts and stops the gateway)."""
+        return self.app.router
+
+    def openapi(self) -> dict[str, Any]:
+        return self.app.openapi()
 
 
 def _header_bytes(scope: Any) -> int:

@@ -16,17 +16,13 @@ from gateway.errors import Overloaded, RateLimited
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.tenancy import (
-    AuthConfig,
     Authenticator,
     FileKeyStore,
     KeyStore,
     Limiter,
-    LimitsConfig,
-    RedisKeysConfig,
     RedisKeyStore,
     Tenant,
     connect,
-    hash_key,
 )
 
 
@@ -42,39 +38,9 @@ class Gate:
         if settings.api_keys_file is not None:
             store = FileKeyStore(settings.api_keys_file)
         elif self.redis is not None:
-            store = RedisKeyStore(
-                self.redis,
-                RedisKeysConfig(
-                    prefix=settings.redis_prefix,
-                    cache_s=settings.api_keys_cache_s,
-                    timeout_s=settings.redis_timeout_s,
-                    backoff_s=settings.redis_backoff_s,
-                    backoff_max_s=settings.redis_backoff_max_s,
-                ),
-            )
-        admin = settings.admin_key_sha256 or (
-            hash_key(settings.admin_key) if settings.admin_key else ""
-        )
-        self.auth = Authenticator(
-            AuthConfig(
-                enabled=settings.auth_enabled,
-                default_tenant=settings.default_tenant,
-                admin_key_sha256=admin,
-            ),
-            store,
-        )
-        self.limiter = Limiter(
-            LimitsConfig(
-                max_in_flight=settings.max_in_flight,
-                replicas=settings.expected_replicas,
-                redis_timeout_s=settings.redis_timeout_s,
-                backoff_s=settings.redis_backoff_s,
-                backoff_max_s=settings.redis_backoff_max_s,
-                lease_ttl_s=settings.stream_lease_ttl_s,
-                prefix=settings.redis_prefix,
-            ),
-            self.redis,
-        )
+            store = RedisKeyStore(self.redis, settings.redis_keys_config())
+        self.auth = Authenticator(settings.auth_config(), store)
+        self.limiter = Limiter(settings.limits_config(), self.redis)
 
     async def enter(self, request: Request) -> Tenant:
         """The caller's tenant, admitted; raises 401/403/429/503 in the OpenAI shape."""

@@ -9,16 +9,35 @@ from a JSON or YAML file (``GATEWAY_BACKENDS_FILE``) with the same shape::
         models: [mock-llama-3-8b]
       - url: http://vllm-headless.llm.svc:8000   # DNS name: one endpoint per address
         models: []                                # empty: read from its /v1/models
+        name: vllm                                # optional: endpoints are named vllm/<address>
+
+Settings are mapped to the components' configs here, in one place
+(:meth:`GatewaySettings.pool_config` and the others). A default that a
+component's config states (the breaker's, the router's, the limiter's) is
+stated there only and read from it here (``_default``), so the two cannot
+drift apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.balance.affinity import AffinityConfig
+from gateway.balance.breaker import BreakerConfig
+from gateway.balance.pool import PoolConfig
+from gateway.balance.retry_budget import RetryBudgetConfig
+from gateway.tenancy import AuthConfig, LimitsConfig, RedisKeysConfig, hash_key
+
+
+def _default(config: type, name: str) -> Any:
+    """The default a component's config states for ``name``."""
+    return {field.name: field.default for field in dataclasses.fields(config)}[name]
 
 
 class BackendConfig(BaseModel):
@@ -76,38 +95,65 @@ class GatewaySettings(BaseSettings):
     )
 
     # Routing
-    ewma_tau_s: float = Field(10.0, gt=0)
-    default_rtt_s: float = Field(0.5, gt=0, description="cost of an endpoint with no samples")
-    failure_penalty_s: float = Field(5.0, gt=0, description="latency sample for a failure")
+    ewma_tau_s: float = Field(_default(PoolConfig, "tau_s"), gt=0)
+    default_rtt_s: float = Field(
+        _default(PoolConfig, "default_rtt_s"),
+        gt=0,
+        description="cost of an endpoint with no samples",
+    )
+    failure_penalty_s: float = Field(
+        _default(PoolConfig, "penalty_s"), gt=0, description="latency sample for a failure"
+    )
     decode_weight: float = Field(
-        0.1,
+        _default(PoolConfig, "decode_weight"),
         ge=0,
         le=1,
         description="load weight of a stream past its first token (1 for one-at-a-time servers)",
     )
-    slow_ttft_s: float = Field(30.0, gt=0, description="a slower first token is a failure")
+    slow_ttft_s: float = Field(
+        _default(PoolConfig, "ttft_failure_limit_s"),
+        gt=0,
+        description="a slower first token is a failure",
+    )
     prefix_affinity: bool = Field(
-        True, description="route long prompts where their prefix is cached"
+        _default(AffinityConfig, "enabled"),
+        description="route long prompts where their prefix is cached",
     )
     prefix_cache_tokens: int = Field(
-        262_144, ge=1, description="prefix cache per endpoint assumed by the router, in tokens"
+        _default(AffinityConfig, "capacity_tokens"),
+        ge=1,
+        description="prefix cache per endpoint assumed by the router, in tokens",
     )
     prefill_s_per_token: float = Field(
-        0.00005, ge=0, description="prefill time per uncached prompt token, for affinity scores"
+        _default(AffinityConfig, "token_cost_s"),
+        ge=0,
+        description="prefill time per uncached prompt token, for affinity scores",
     )
     prefix_load_factor: float = Field(
-        1.25, ge=1, description="no affinity to an endpoint above this multiple of the mean load"
+        _default(AffinityConfig, "load_factor"),
+        ge=1,
+        description="no affinity to an endpoint above this multiple of the mean load",
     )
     max_attempts: int = Field(3, ge=1, description="tries per request before the first byte")
-    retry_budget_ratio: float = Field(0.2, ge=0, le=1, description="retries / recent requests")
-    retry_budget_min_per_s: float = Field(3.0, ge=0, description="retries always allowed")
-    breaker_consecutive_failures: int = Field(5, ge=1)
-    breaker_failure_rate: float = Field(0.5, gt=0, le=1)
-    breaker_min_requests: int = Field(20, ge=1, description="volume before the rate counts")
-    breaker_window_s: float = Field(10.0, gt=0)
-    breaker_base_ejection_s: float = Field(5.0, gt=0, description="doubles per ejection")
-    breaker_max_ejection_s: float = Field(120.0, gt=0)
-    breaker_probes: int = Field(2, ge=1, description="half-open successes needed to close")
+    retry_budget_ratio: float = Field(
+        _default(RetryBudgetConfig, "ratio"), ge=0, le=1, description="retries / recent requests"
+    )
+    retry_budget_min_per_s: float = Field(
+        _default(RetryBudgetConfig, "min_per_s"), ge=0, description="retries always allowed"
+    )
+    breaker_consecutive_failures: int = Field(_default(BreakerConfig, "consecutive_failures"), ge=1)
+    breaker_failure_rate: float = Field(_default(BreakerConfig, "failure_rate"), gt=0, le=1)
+    breaker_min_requests: int = Field(
+        _default(BreakerConfig, "min_requests"), ge=1, description="volume before the rate counts"
+    )
+    breaker_window_s: float = Field(_default(BreakerConfig, "window_s"), gt=0)
+    breaker_base_ejection_s: float = Field(
+        _default(BreakerConfig, "base_ejection_s"), gt=0, description="doubles per ejection"
+    )
+    breaker_max_ejection_s: float = Field(_default(BreakerConfig, "max_ejection_s"), gt=0)
+    breaker_probes: int = Field(
+        _default(BreakerConfig, "probes"), ge=1, description="half-open successes needed to close"
+    )
     engine_metrics: bool = Field(True, description="poll vLLM /metrics for queue depth")
 
     # Sidecars (gRPC targets; "dns:///name:port" balances over every address of a
@@ -149,24 +195,95 @@ class GatewaySettings(BaseSettings):
     # Tenants, keys and limits (gateway/tenancy; docs/tenancy.md)
     auth_enabled: bool = Field(False, description="require an API key (Bearer) per request")
     api_keys_file: Path | None = Field(None, description="tenants and key digests (JSON/YAML)")
-    api_keys_cache_s: float = Field(5.0, gt=0, description="trust a Redis key answer this long")
-    default_tenant: str = Field("default", min_length=1, description="tenant when auth is off")
+    api_keys_cache_s: float = Field(
+        _default(RedisKeysConfig, "cache_s"), gt=0, description="trust a Redis key answer this long"
+    )
+    default_tenant: str = Field(
+        _default(AuthConfig, "default_tenant"), min_length=1, description="tenant when auth is off"
+    )
     admin_key: str = Field("", description="key for /admin endpoints; empty: admin disabled")
     admin_key_sha256: str = Field("", description="the admin key given as its SHA-256 digest")
     redis_url: str = Field("", description="shared limits and keys; empty: per-replica limits")
-    redis_prefix: str = "llmgw"
-    redis_timeout_s: float = Field(0.05, gt=0, description="longest wait before deciding locally")
-    redis_backoff_s: float = Field(0.5, gt=0)
-    redis_backoff_max_s: float = Field(10.0, gt=0)
-    max_in_flight: int = Field(1024, ge=0, description="per process; beyond: 503 (0: no limit)")
-    expected_replicas: int = Field(1, ge=1, description="divides limits when Redis is away")
-    stream_lease_ttl_s: float = Field(30.0, gt=0, description="a dead replica's slots free after")
+    redis_prefix: str = _default(LimitsConfig, "prefix")
+    redis_timeout_s: float = Field(
+        _default(LimitsConfig, "redis_timeout_s"),
+        gt=0,
+        description="longest wait before deciding locally",
+    )
+    redis_backoff_s: float = Field(_default(LimitsConfig, "backoff_s"), gt=0)
+    redis_backoff_max_s: float = Field(_default(LimitsConfig, "backoff_max_s"), gt=0)
+    max_in_flight: int = Field(
+        _default(LimitsConfig, "max_in_flight"),
+        ge=0,
+        description="per process; beyond: 503 (0: no limit)",
+    )
+    expected_replicas: int = Field(
+        _default(LimitsConfig, "replicas"), ge=1, description="divides limits when Redis is away"
+    )
+    stream_lease_ttl_s: float = Field(
+        _default(LimitsConfig, "lease_ttl_s"), gt=0, description="a dead replica's slots free after"
+    )
 
     # Input limits
     max_body_bytes: int = Field(1_048_576, gt=0)
     max_messages: int = Field(512, gt=0)
     max_tokens_limit: int = Field(32_768, gt=0)
     max_header_bytes: int = Field(16_384, gt=0, description="all request headers together")
+
+    def pool_config(self) -> PoolConfig:
+        return PoolConfig(
+            tau_s=self.ewma_tau_s,
+            default_rtt_s=self.default_rtt_s,
+            penalty_s=self.failure_penalty_s,
+            decode_weight=self.decode_weight,
+            ttft_failure_limit_s=self.slow_ttft_s,
+            affinity=AffinityConfig(
+                enabled=self.prefix_affinity,
+                capacity_tokens=self.prefix_cache_tokens,
+                token_cost_s=self.prefill_s_per_token,
+                load_factor=self.prefix_load_factor,
+            ),
+            breaker=BreakerConfig(
+                consecutive_failures=self.breaker_consecutive_failures,
+                failure_rate=self.breaker_failure_rate,
+                min_requests=self.breaker_min_requests,
+                window_s=self.breaker_window_s,
+                base_ejection_s=self.breaker_base_ejection_s,
+                max_ejection_s=self.breaker_max_ejection_s,
+                probes=self.breaker_probes,
+            ),
+            retry_budget=RetryBudgetConfig(
+                ratio=self.retry_budget_ratio, min_per_s=self.retry_budget_min_per_s
+            ),
+        )
+
+    def redis_keys_config(self) -> RedisKeysConfig:
+        return RedisKeysConfig(
+            prefix=self.redis_prefix,
+            cache_s=self.api_keys_cache_s,
+            timeout_s=self.redis_timeout_s,
+            backoff_s=self.redis_backoff_s,
+            backoff_max_s=self.redis_backoff_max_s,
+        )
+
+    def auth_config(self) -> AuthConfig:
+        admin = self.admin_key_sha256 or (hash_key(self.admin_key) if self.admin_key else "")
+        return AuthConfig(
+            enabled=self.auth_enabled,
+            default_tenant=self.default_tenant,
+            admin_key_sha256=admin,
+        )
+
+    def limits_config(self) -> LimitsConfig:
+        return LimitsConfig(
+            max_in_flight=self.max_in_flight,
+            replicas=self.expected_replicas,
+            redis_timeout_s=self.redis_timeout_s,
+            backoff_s=self.redis_backoff_s,
+            backoff_max_s=self.redis_backoff_max_s,
+            lease_ttl_s=self.stream_lease_ttl_s,
+            prefix=self.redis_prefix,
+        )
 
     def all_backends(self) -> tuple[BackendConfig, ...]:
         """Backends from the environment plus those in ``backends_file``."""

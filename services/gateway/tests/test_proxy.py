@@ -214,6 +214,17 @@ async def test_models_health_readiness_and_metrics(
     assert (await empty.post("/v1/chat/completions", json=chat())).status_code == 404
 
 
+async def test_a_backend_s_configured_name_names_its_endpoint(
+    make_backend: MakeBackend, make_gateway: MakeGateway
+) -> None:
+    url = await make_backend()
+    gw = await make_gateway([{**backend(url), "name": "replica-a"}])
+    await gw.post("/v1/chat/completions", json=chat())
+    text = (await gw.get("/metrics")).text
+    assert 'endpoint="replica-a"' in text
+    assert f'endpoint="{url}"' not in text
+
+
 async def test_models_are_read_from_backends_that_do_not_declare_them(
     make_backend: MakeBackend, make_gateway: MakeGateway
 ) -> None:

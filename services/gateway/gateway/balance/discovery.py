@@ -45,12 +45,12 @@ class Target:
     name: str = ""
 
 
-def parse_target(text: str, models: Iterable[str] = ()) -> Target:
+def parse_target(text: str, models: Iterable[str] = (), name: str = "") -> Target:
     """``http://h:8000`` is one endpoint; ``dns+http://h:8000`` one per address of h."""
     text = text.strip()
     resolve = text.startswith(DNS_PREFIX)
     url = text.removeprefix(DNS_PREFIX).rstrip("/")
-    return Target(url=url, models=tuple(models), resolve=resolve)
+    return Target(url=url, models=tuple(models), resolve=resolve, name=name)
 
 
 async def resolve_host(host: str, port: int) -> list[str]:
