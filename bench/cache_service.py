@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +34,8 @@ import grpc
 import numpy as np
 import psutil
 
+from bench.runner import cpu_model
+from bench.stats import summary
 from deploy.local.procs import Proc, free_port, grpc_serving, redis_proc, redis_ready
 from llmgw.cache.v1 import cache_pb2 as pb
 from llmgw.cache.v1 import cache_pb2_grpc
@@ -106,8 +107,8 @@ def replica(name: str, url: str, entries: int, log_dir: Path) -> tuple[Proc, int
 
 
 def percentiles(samples: list[float]) -> str:
-    ms = np.array(samples) * 1000
-    return f"p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms"
+    ms = summary(np.array(samples) * 1000, (50, 99), method="linear")
+    return f"p50 {ms['p50']:.2f} ms, p99 {ms['p99']:.2f} ms"
 
 
 def exact_lookups(stub: cache_pb2_grpc.CacheServiceStub, n: int, count: int) -> list[float]:
@@ -271,16 +272,6 @@ def print_table(title: str, rows: list[Row]) -> None:
         print(f"| {row.what:<{width}} | {row.value} |")
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--entries", type=int, default=100_000)
@@ -291,7 +282,7 @@ def main() -> None:
         help="instead: filtered search in one IVF vs an index per namespace, TOTAL vectors",
     )  # fmt: skip
     args = parser.parse_args()
-    cpu = _cpu_name()
+    cpu = cpu_model()
     memory = psutil.virtual_memory().total / 2**30
     machine = f"{time.strftime('%Y-%m-%d')}, {cpu}, {psutil.cpu_count()} cores, {memory:.0f} GiB"
     if args.compare_namespaces:

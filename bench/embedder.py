@@ -38,6 +38,7 @@ from pathlib import Path
 import grpc
 import psutil
 
+from bench.stats import percentile
 from deploy.local.procs import PYTHON, Proc, free_port, grpc_serving
 from llmgw.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 
@@ -68,11 +69,6 @@ class Result:
     cpu_ms: float  # server CPU per sentence under load
     loop_cpu_ms: float  # of which the event-loop thread
     client_cpu_ms: float  # the benchmark's client, per sentence
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def scrape(port: int, name: str) -> float:
@@ -143,10 +139,10 @@ async def measure(
     per_text = 1e3 / texts if texts else 0.0
     return (
         statistics.median(one) * 1e3,
-        percentile(one, 0.99) * 1e3,
+        percentile(one, 99, "higher") * 1e3,
         count / args.duration,
         statistics.median(many) * 1e3,
-        percentile(many, 0.99) * 1e3,
+        percentile(many, 99, "higher") * 1e3,
         texts / batches if batches else 0.0,
         cpu * per_text,
         loop * per_text,

@@ -28,11 +28,13 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 import psutil
+
+from bench.stats import percentile
 
 _CONTENT = b'"content":"'
 _ERROR_EVENT = b'{"error":'
@@ -67,15 +69,6 @@ class SliceResult:
     @property
     def rps(self) -> float:
         return len(self.ok) / self.window_s if self.window_s > 0 else 0.0
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def chat_body(model: str, n: int, max_tokens: int | None = None) -> bytes:

@@ -46,18 +46,18 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn
 
 import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.loadgen import Sample, one_request, percentile
-from bench.proxy import machine
+from bench.loadgen import Sample, one_request
+from bench.prefix_workload import Ideal, Workload
+from bench.runner import machine, terminate
+from bench.stats import percentile
 from deploy.local.procs import PYTHON, ROOT, Proc, free_port, http_ok
 from gateway.balance.prefix import prompt_prefix
-from mockllm.prefix_cache import BLOCK_TOKENS, block_hashes
-from mockllm.tokens import VOCABULARY
+from mockllm.prefix_cache import BLOCK_TOKENS
 
 MODEL = "mock-llama-3-8b"
 PATH = "/v1/chat/completions"
@@ -76,92 +76,6 @@ MOCK_ENV = {
 }
 USERS = 64
 WARMUP_S = 5.0
-WORDS = VOCABULARY
-
-
-# -- prompts ---------------------------------------------------------------------------
-
-
-class Text:
-    """Random words, cheaply: slices of one long seeded text."""
-
-    def __init__(self, seed: int) -> None:
-        rng = random.Random(seed)
-        self.rng = rng
-        self._pool = " ".join(rng.choice(WORDS) for _ in range(400_000))
-
-    def tokens(self, n: int) -> str:
-        start = self.rng.randrange(len(self._pool) - 4 * n - 1)
-        return self._pool[start : start + 4 * n]
-
-
-Messages = list[dict[str, str]]
-
-
-class Workload:
-    """Each user's next request; ``kind`` is multi-turn, unique or hot."""
-
-    def __init__(self, kind: str, seed: int) -> None:
-        self.kind = kind
-        self.seed = seed
-        self.text = Text(seed)
-        rng = self.text.rng
-        self.systems = [
-            f"System prompt {seed}-{i}. " + self.text.tokens(rng.randint(1500, 2500))
-            for i in range(8)
-        ]
-        self.conversations: dict[int, tuple[Messages, int]] = {}
-        self.serial = 0
-
-    def next(self, user: int) -> Messages:
-        rng, text = self.text.rng, self.text
-        self.serial += 1
-        if self.kind == "unique":
-            return [
-                {
-                    "role": "user",
-                    "content": f"Document {self.serial} of run {self.seed}. "
-                    + text.tokens(rng.randint(1000, 3000)),
-                }
-            ]
-        if self.kind == "hot":
-            system = self.systems[0] if rng.random() < 0.8 else rng.choice(self.systems[1:])
-            question = f"Question {self.serial}: " + text.tokens(rng.randint(50, 200))
-            return [{"role": "system", "content": system}, {"role": "user", "content": question}]
-        messages, left = self.conversations.get(user, ([], 0))
-        if left <= 0:
-            system = self.systems[rng.randrange(len(self.systems))]
-            messages, left = [{"role": "system", "content": system}], rng.randint(3, 12)
-        elif len(messages) > 1:
-            messages = [
-                *messages,
-                {"role": "assistant", "content": text.tokens(rng.randint(50, 300))},
-            ]
-        messages = [*messages, {"role": "user", "content": text.tokens(rng.randint(20, 400))}]
-        self.conversations[user] = (messages, left - 1)
-        return messages
-
-
-class Ideal:
-    """The hit rate of one infinite prefix cache seeing every request, in tokens."""
-
-    def __init__(self) -> None:
-        self.seen: set[bytes] = set()
-        self.queries = 0
-        self.hits = 0
-
-    def add(self, messages: Messages) -> None:
-        rendered = "\n".join(f"{m['role']}\x1f{m['content']}" for m in messages)
-        tokens = max(1, (len(rendered.encode()) + 3) // 4)
-        hashes = block_hashes(rendered)
-        found = 0
-        for h in hashes:
-            if h not in self.seen:
-                break
-            found += 1
-        self.seen.update(hashes)
-        self.queries += tokens
-        self.hits += max(0, min(found * BLOCK_TOKENS, tokens - 1))
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -392,13 +306,9 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str]]:
     return phases
 
 
-def _terminate(signum: int, _frame: object) -> NoReturn:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     info = machine()
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"# bench.prefix_routing  {info['date']}")

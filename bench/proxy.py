@@ -25,25 +25,20 @@ stopped at the end, also on Ctrl-C, SIGTERM or an error.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import datetime as dt
 import itertools
 import json
 import math
 import os
-import platform
 import shutil
-import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
-
-import uvloop
+from typing import Any, TypeVar
 
 from bench.loadgen import Cell, CpuClock, Meter, run_slice
+from bench.runner import INTERRUPTED, interruptible, machine, run_loop
+from bench.stats import fmt, md_table
 from deploy.local.procs import PYTHON, ROOT, Proc, free_port, http_ok
 
 MODEL = "mock-llama-3-8b"
@@ -171,10 +166,6 @@ def top_frames(collapsed: Path, limit: int = 25) -> str:
     return "\n".join(lines)
 
 
-def _f(value: float, digits: int = 1) -> str:
-    return "-" if math.isnan(value) else f"{value:.{digits}f}"
-
-
 COLUMNS = (
     "concurrency",
     "target",
@@ -216,55 +207,40 @@ def row(cell: Cell, direct: Cell) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        cells = [
-            str(r["concurrency"]),
-            r["target"],
-            _f(r["rps"]),
-            _f(r["ttft_p50_ms"], 2),
-            _f(r["ttft_p99_ms"], 2),
-            _f(r["added_p50_ms"], 2),
-            _f(r["added_p99_ms"], 2),
-            str(r["errors"]),
-            _f(r["gateway_cpu_ms_per_req"], 2),
-            _f(r["rps_pct_of_direct"]),
-            _f(r["mock_cpu_ms_per_req"], 2),
-            _f(r["client_cpu_ms_per_req"], 2),
-            _f(r["host_busy_pct"], 0),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return md_table(COLUMNS, (cells(r) for r in rows))
+
+
+def cells(r: dict[str, Any]) -> list[str]:
+    return [
+        str(r["concurrency"]),
+        r["target"],
+        fmt(r["rps"], 1),
+        fmt(r["ttft_p50_ms"], 2),
+        fmt(r["ttft_p99_ms"], 2),
+        fmt(r["added_p50_ms"], 2),
+        fmt(r["added_p99_ms"], 2),
+        str(r["errors"]),
+        fmt(r["gateway_cpu_ms_per_req"], 2),
+        fmt(r["rps_pct_of_direct"], 1),
+        fmt(r["mock_cpu_ms_per_req"], 2),
+        fmt(r["client_cpu_ms_per_req"], 2),
+        fmt(r["host_busy_pct"], 0),
+    ]
 
 
 def verdict(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's performance target, read off the table (information, not a test)."""
     gw = {r["concurrency"]: r for r in rows if r["target"] == "gateway"}
     idle = [r["gateway_cpu_ms_per_s"] for r in rows if r["target"] == "direct"]
-    out = [f"gateway CPU while idle (during the direct slices): {_f(min(idle), 1)} ms/s"]
+    out = [f"gateway CPU while idle (during the direct slices): {fmt(min(idle), 1)} ms/s"]
     if 16 in gw:
         v = gw[16]["added_p50_ms"]
-        out.append(f"c=16 added TTFT p50 {_f(v, 2)} ms (target <= {TARGET_C16_ADDED_P50_MS})")
+        out.append(f"c=16 added TTFT p50 {fmt(v, 2)} ms (target <= {TARGET_C16_ADDED_P50_MS})")
     if 64 in gw:
         pct, cpu = gw[64]["rps_pct_of_direct"], gw[64]["gateway_cpu_ms_per_req"]
-        out.append(f"c=64 gateway req/s {_f(pct)}% of direct (target >= {TARGET_C64_RPS_PCT})")
-        out.append(f"c=64 gateway CPU {_f(cpu, 2)} ms/req (target <= {TARGET_C64_CPU_MS})")
+        out.append(f"c=64 gateway req/s {fmt(pct, 1)}% of direct (target >= {TARGET_C64_RPS_PCT})")
+        out.append(f"c=64 gateway CPU {fmt(cpu, 2)} ms/req (target <= {TARGET_C64_CPU_MS})")
     return out
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "python": platform.python_version(),
-    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -297,25 +273,6 @@ def _json_value(value: object) -> object:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def _terminate(signum: int, _frame: object) -> NoReturn:
-    raise SystemExit(128 + signum)
-
-
-def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on uvloop; SIGTERM cancels it (Ctrl-C already does, via asyncio.Runner)."""
-
-    async def guarded() -> T:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await coro
-
-    try:
-        return uvloop.run(guarded())
-    finally:
-        signal.signal(signal.SIGTERM, _terminate)  # the loop took it over
-
-
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     procs: list[Proc] = []
     try:
@@ -327,9 +284,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             "client": CpuClock(os.getpid(), children=False),  # not the stack
         }
         urls = {"direct": direct_url, "gateway": gateway_url}
-        cells = _run_loop(measure(urls, clocks, args))
+        cells = run_loop(measure(urls, clocks, args))
         if args.profile is not None:
-            _run_loop(profile(gateway_url, gateway.pid, args))
+            run_loop(profile(gateway_url, gateway.pid, args))
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -339,7 +296,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
     info = machine()
     print(f"# bench.proxy  {info['date']}")
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}; Python {info['python']}")
@@ -349,11 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.warmup:g} s warm-up per slice); logs in {LOG_DIR}",
         flush=True,
     )
-    try:
-        rows = run(args)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted: the mock and the gateway are stopped", file=sys.stderr)
-        return 130
+    rows = interruptible(lambda: run(args), "the mock and the gateway are stopped")
+    if rows is None:
+        return INTERRUPTED
     print()
     print(table(rows))
     print()

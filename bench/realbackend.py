@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from bench.runner import cpu_model
+from bench.stats import percentile
 from deploy.local import llamacpp
 from deploy.local.procs import PYTHON, ROOT, Proc, free_port, http_ok
 
@@ -54,14 +56,6 @@ class Cell:
     tokens: int = 0
     wall_s: float = 0.0
     errors: int = 0
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest rank (q in 0..100); with few samples p99 is the largest."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
 async def one(client: httpx.AsyncClient, url: str, n: int, tokens: int) -> tuple[float, int]:
@@ -148,17 +142,6 @@ def start(procs: list[Proc], threads: int) -> dict[str, str]:
     procs.append(gateway.start())
     gateway.wait_until(lambda: http_ok(f"http://127.0.0.1:{gw_port}/readyz"), timeout=30)
     return {"direct": direct + PATH, "gateway": f"http://127.0.0.1:{gw_port}{PATH}"}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def table(cells: list[Cell], args: argparse.Namespace) -> str:

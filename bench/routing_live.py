@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import itertools
 import json
 import math
@@ -39,136 +38,35 @@ import os
 import signal
 import statistics
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import NoReturn
+from dataclasses import dataclass, field
 
 import aiohttp
-import uvicorn
-from prometheus_client.parser import text_string_to_metric_families
 
-from bench.loadgen import (
-    Cell,
-    Meter,
-    Sample,
-    SliceResult,
-    chat_body,
-    one_request,
-    percentile,
-    run_slice,
+from bench.loadgen import Cell, Meter, SliceResult, run_slice
+from bench.routing_outage import outage_tables, run_outage
+from bench.routing_stack import (
+    LOG_DIR,
+    MODEL,
+    PATH,
+    SLOW_TTFT_MS,
+    Snapshot,
+    Stack,
+    scrape,
+    serve_gateway,
+    start_stack,
 )
-from bench.proxy import machine
-from deploy.local.procs import PYTHON, ROOT, Proc, free_port, http_ok
-from gateway.app import create_app, pool_config
-from gateway.balance import Pool
+from bench.runner import machine, terminate
+from bench.stats import md_table, percentile
+from deploy.local.procs import Proc
 from gateway.balance.pool import DECODE_WEIGHT
-from gateway.settings import GatewaySettings
-from llmgw_common.logs import configure_logging
 
-MODEL = "mock-llama-3-8b"
-MOCK_ENV = {
-    "MOCKLLM_TTFT_MS": "20",
-    "MOCKLLM_INTER_TOKEN_MS": "5",
-    "MOCKLLM_OUTPUT_TOKENS": "32",
-    "MOCKLLM_MAX_CONCURRENCY": "256",
-    "MOCKLLM_MODELS": MODEL,
-    "MOCKLLM_LOG_LEVEL": "warning",
-}
-SLOW_TTFT_MS = 200
 DECODE_WEIGHTS = {"B": 1.0, "b": DECODE_WEIGHT}  # run key -> PoolConfig.decode_weight
-LOG_DIR = ROOT / "var" / "log" / "bench-routing"
-PATH = "/v1/chat/completions"
 TARGET_SLOW_SHARE = 0.10
 TARGET_P99_RATIO = 1.5
 # Slices of runs a, B (decode weight 1) and b (default): each B or b slice is
 # next to, or one from, an a slice, and drift in background load falls on all.
 ORDER = "aBbbBaaBbbBa"
 SLOW_MARK_S = 0.1  # a first token later than this counts as "slow" in the table
-
-
-# -- processes ----------------------------------------------------------------------
-
-
-@dataclass
-class Stack:
-    replicas: list[tuple[Proc, str]]
-    gateway: str
-
-    @property
-    def urls(self) -> list[str]:
-        return [url for _, url in self.replicas]
-
-
-def healthy(url: str) -> Callable[[], bool]:
-    return lambda: http_ok(f"{url}/health")
-
-
-def start_stack(
-    tag: str,
-    *,
-    slow: bool,
-    gateway_env: dict[str, str],
-    procs: list[Proc],
-    decode_weight: float | None = None,
-) -> Stack:
-    """Three mock replicas (the third slow if asked) and a gateway, all on free ports.
-
-    With ``decode_weight`` the gateway is started by :func:`serve_gateway`.
-    """
-    replicas = []
-    for i in range(3):
-        port = free_port()
-        env = {**MOCK_ENV, "MOCKLLM_PORT": str(port)}
-        if slow and i == 2:
-            env["MOCKLLM_TTFT_MS"] = str(SLOW_TTFT_MS)
-        proc = Proc(f"{tag}-mock{i}", [PYTHON, "-m", "mockllm"], env=env, log_dir=LOG_DIR)
-        procs.append(proc.start())
-        replicas.append((proc, f"http://127.0.0.1:{port}"))
-    for proc, url in replicas:
-        proc.wait_until(healthy(url), timeout=30)
-    port = free_port()
-    backends = [{"url": url, "models": [MODEL]} for _, url in replicas]
-    env = {"GATEWAY_PORT": str(port), "GATEWAY_BACKENDS": json.dumps(backends), **gateway_env}
-    argv = [PYTHON, "-m", "gateway"]
-    if decode_weight is not None:
-        argv = [PYTHON, "-m", "bench.routing_live", "--serve-gateway", str(decode_weight)]
-    gateway = Proc(f"{tag}-gateway", argv, env=env, log_dir=LOG_DIR)
-    procs.append(gateway.start())
-    url = f"http://127.0.0.1:{port}"
-    gateway.wait_until(lambda: http_ok(f"{url}/readyz"), timeout=30)
-    return Stack(replicas, url)
-
-
-# -- the gateway's metrics ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    at: float
-    attempts: dict[tuple[str, str], float]  # (endpoint, outcome) -> count
-    breaker: dict[str, str]  # endpoint -> state
-    ejections: dict[str, float]  # endpoint -> times its breaker opened
-
-    def served(self, endpoint: str) -> float:
-        return self.attempts.get((endpoint, "success"), 0.0)
-
-
-async def scrape(session: aiohttp.ClientSession, gateway: str) -> Snapshot:
-    async with session.get(f"{gateway}/metrics") as reply:
-        text = await reply.text()
-    attempts: dict[tuple[str, str], float] = {}
-    states: dict[str, str] = {}
-    ejections: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "gateway_upstream_attempts_total":
-                attempts[(s.labels["endpoint"], s.labels["outcome"])] = s.value
-            elif s.name == "gateway_backend_breaker_state" and s.value:
-                states[s.labels["endpoint"]] = s.labels["state"]
-            elif s.name == "gateway_backend_ejections":
-                ejections[s.labels["endpoint"]] = s.value
-    return Snapshot(time.perf_counter(), attempts, states, ejections)
 
 
 # -- a / b: share and TTFT -----------------------------------------------------------------
@@ -229,20 +127,21 @@ async def measure(
 
 
 def share_table(cells: list[Run]) -> str:
-    head = (
-        "| run | streams | errors | share r1 | share r2 | share r3 (slow in b, B) "
-        f"| TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | TTFT > {SLOW_MARK_S * 1000:.0f} ms "
-        "| host busy |"
+    head = ["run", "streams", "errors", "share r1", "share r2", "share r3 (slow in b, B)"]
+    head += ["TTFT p50 ms", "TTFT p90 ms", "TTFT p99 ms", f"TTFT > {SLOW_MARK_S * 1000:.0f} ms"]
+    rows = (
+        [
+            c.target,
+            len(c.ttfts),
+            c.errors,
+            *(f"{100 * c.share(i):.1f}%" for i in range(3)),
+            *(f"{c.ttft_ms(q):.1f}" for q in (50, 90, 99)),
+            f"{c.slow_pct:.1f}%",
+            f"{c.host_busy_pct:.0f}%",
+        ]
+        for c in cells
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in cells:
-        shares = " | ".join(f"{100 * c.share(i):.1f}%" for i in range(3))
-        lines.append(
-            f"| {c.target} | {len(c.ttfts)} | {c.errors} | {shares} | {c.ttft_ms(50):.1f} "
-            f"| {c.ttft_ms(90):.1f} | {c.ttft_ms(99):.1f} | {c.slow_pct:.1f}% "
-            f"| {c.host_busy_pct:.0f}% |"
-        )
-    return "\n".join(lines)
+    return md_table([*head, "host busy"], rows)
 
 
 def slice_p99(result: SliceResult) -> float:
@@ -301,110 +200,6 @@ async def run_cold(stack: Stack, args: argparse.Namespace) -> Run:
     return cell
 
 
-# -- c: kill and restart ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tick:
-    t: float  # seconds after the kill
-    state: str  # the victim's breaker state
-    served: float  # requests the victim has served so far
-    ejections: float
-
-
-@dataclass
-class Outage:
-    samples: list[Sample] = field(default_factory=list)
-    timeline: list[Tick] = field(default_factory=list)  # polled every 0.2 s
-    killed_at: float = 0.0  # perf_counter
-    restarted: float = math.nan  # seconds after the kill
-    served_at_restart: float = math.inf
-    failed_attempts: float = 0.0
-
-    def events(self) -> list[tuple[str, float]]:
-        """Breaker transitions as polled, the restart and the first request served after it."""
-        rows = [("killed (SIGKILL)", 0.0), ("restarted on the same port", self.restarted)]
-        prev = ("closed", self.timeline[0].ejections if self.timeline else 0.0)
-        for tick in self.timeline:
-            if (tick.state, tick.ejections) != prev:
-                opened = f", ejection {tick.ejections:.0f}" if tick.state == "open" else ""
-                rows.append((f"breaker {tick.state}{opened}", tick.t))
-                prev = (tick.state, tick.ejections)
-        served = next((k.t for k in self.timeline if k.served > self.served_at_restart), math.nan)
-        rows.append(("first request served after the restart", served))
-        return sorted(rows, key=lambda row: math.inf if math.isnan(row[1]) else row[1])
-
-
-async def closed_loop(url: str, workers: int, stop: asyncio.Event, samples: list[Sample]) -> None:
-    """Like ``loadgen.run_slice`` but until ``stop`` is set, keeping every sample."""
-    counter = itertools.count(2 * 10**9)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=workers)) as session:
-
-        async def worker() -> None:
-            while not stop.is_set():
-                body = chat_body(MODEL, next(counter))
-                samples.append(await one_request(session, url, body, timeout))
-
-        await asyncio.gather(*(worker() for _ in range(workers)))
-
-
-def restart(proc: Proc, url: str) -> None:
-    proc.start().wait_until(healthy(url), timeout=30)
-
-
-async def run_outage(stack: Stack, args: argparse.Namespace) -> Outage:
-    victim_proc, victim = stack.replicas[2]
-    out, stop = Outage(), asyncio.Event()
-    load = asyncio.create_task(
-        closed_loop(stack.gateway + PATH, args.concurrency, stop, out.samples)
-    )
-    async with aiohttp.ClientSession() as session:
-        await asyncio.sleep(args.kill_after)
-        out.killed_at = time.perf_counter()
-        await asyncio.to_thread(victim_proc.kill)
-        while (now := time.perf_counter()) - out.killed_at < args.outage_cap:
-            snap = await scrape(session, stack.gateway)
-            state, served = snap.breaker.get(victim, "?"), snap.served(victim)
-            ejections = snap.ejections.get(victim, 0.0)
-            out.timeline.append(Tick(snap.at - out.killed_at, state, served, ejections))
-            if math.isnan(out.restarted) and now - out.killed_at >= args.restart_after:
-                await asyncio.to_thread(restart, victim_proc, victim)
-                out.restarted = time.perf_counter() - out.killed_at
-                out.served_at_restart = (await scrape(session, stack.gateway)).served(victim)
-            elif state == "closed" and served > out.served_at_restart:
-                break  # probed and rejoined
-            await asyncio.sleep(0.2)
-        stop.set()
-        await load
-        final = await scrape(session, stack.gateway)
-    out.failed_attempts = sum(
-        v for (ep, outcome), v in final.attempts.items() if ep == victim and outcome != "success"
-    )
-    return out
-
-
-def outage_tables(out: Outage) -> str:
-    errors = [s for s in out.samples if s.error is not None]
-    cut = [s for s in errors if s.error in ("error_event", "no_done")]  # after a 200
-    before = [s for s in errors if s not in cut]
-    after_kill = [s for s in out.samples if s.started >= out.killed_at]
-    lines = [
-        "| requests | started after the kill | errors before streaming (target 0) "
-        "| streams cut mid-way | errors among requests started after the kill "
-        "| failed attempts on the victim |",
-        "|---|---|---|---|---|---|",
-        f"| {len(out.samples)} | {len(after_kill)} | {len(before)} | {len(cut)} "
-        f"| {sum(1 for s in after_kill if s.error)} | {out.failed_attempts:.0f} |",
-        "",
-        "| event | seconds after the kill |",
-        "|---|---|",
-    ]
-    for name, t in out.events():
-        lines.append(f"| {name} | {'not seen' if math.isnan(t) else f'{t:.1f}'} |")
-    return "\n".join(lines)
-
-
 # -- main ------------------------------------------------------------------------------
 
 
@@ -458,33 +253,10 @@ async def run_c_tables(args: argparse.Namespace, procs: list[Proc]) -> None:
     print(outage_tables(out))
 
 
-def serve_gateway(decode_weight: float) -> None:
-    """``python -m gateway`` for one worker, with the pool's decode weight set."""
-    gc.set_threshold(10_000, 20, 20)  # as gateway.__main__
-    settings = GatewaySettings()
-    configure_logging("gateway", settings.log_level)
-    pool = Pool(replace(pool_config(settings), decode_weight=decode_weight))
-    app = create_app(settings, pool=pool)
-    uvicorn.run(
-        app,  # type: ignore[arg-type]
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=30,
-    )
-
-
 def stop_all(procs: list[Proc]) -> None:
     for proc in reversed(procs):
         proc.stop()
     procs.clear()
-
-
-def _terminate(signum: int, _frame: object) -> NoReturn:
-    raise SystemExit(128 + signum)  # so that ``finally`` stops every process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_gateway is not None:
         serve_gateway(args.serve_gateway)
         return 0
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     info = machine()
     print(f"# bench.routing_live  {info['date']}")
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())

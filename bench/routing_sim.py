@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from bench.stats import summary
 from gateway.balance import EndpointSpec, Lease, Outcome, Pool, PoolConfig
 
 PUBLISHED = {  # Linkerd, "Beyond Round Robin: Load Balancing for Latency", 2016
@@ -37,7 +38,7 @@ PUBLISHED = {  # Linkerd, "Beyond Round Robin: Load Balancing for Latency", 2016
     "least pending (P2C)": (0.205, 1.72),
     "P2C Peak EWMA": (0.198, 0.210),
 }
-QUANTILES = (0.5, 0.9, 0.99, 0.999)
+QUANTILES = (50, 90, 99, 99.9)  # nearest rank
 
 
 @dataclass(frozen=True)
@@ -155,11 +156,6 @@ def simulate(scenario: Scenario, make_policy: Callable[[SimClock], Policy]) -> R
     return Result(latencies, to_stuck)
 
 
-def quantiles(values: list[float]) -> list[float]:
-    ordered = sorted(values)
-    return [ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] for q in QUANTILES]
-
-
 def policies(scenario: Scenario) -> dict[str, tuple[Scenario, Callable[[SimClock], Policy]]]:
     n, seed = scenario.backends, scenario.seed
     return {
@@ -186,14 +182,14 @@ def main() -> None:
         f"backend 0 at {base.stuck_latency_s:.0f} s from {base.stuck_from_s:.0f} s "
         f"to {base.stuck_until_s:.0f} s; seed {base.seed}\n"
     )
-    head = f"{'policy':<26}" + "".join(f"{f'p{q * 100:g}':>9}" for q in QUANTILES)
+    head = f"{'policy':<26}" + "".join(f"{f'p{q:g}':>9}" for q in QUANTILES)
     print(head + f"{'to stuck':>10}{'cpu s':>7}   published p99 / p99.9")
     p999: dict[str, float] = {}
     for name, (scenario, make) in policies(base).items():
         started = time.process_time()
         result = simulate(scenario, make)
         cpu = time.process_time() - started
-        qs = quantiles(result.latencies)
+        qs = list(summary(result.latencies, QUANTILES).values())
         p999[name] = qs[-1]
         published = PUBLISHED.get(name)
         ref = f"{published[0] * 1000:.0f} / {published[1] * 1000:.0f} ms" if published else "-"

@@ -38,6 +38,7 @@ import aiohttp
 import psutil
 import redis
 
+from bench.stats import percentile
 from deploy.local.procs import (
     PYTHON,
     ROOT,
@@ -335,7 +336,7 @@ def request_table(
     cacheable = hits + caches["MISS"]
     ok_s = sorted(o.ended - o.started for o in outcomes if o.ok)
     p50 = statistics.median(ok_s) if ok_s else 0.0
-    p99 = ok_s[int(0.99 * (len(ok_s) - 1))] if ok_s else 0.0
+    p99 = percentile(ok_s, 99, "lower") if ok_s else 0.0
     lines = [
         "| requests | ok | errors: injected | errors: in a replica restart | errors: unexpected |",
         "|---|---|---|---|---|",

@@ -42,7 +42,7 @@ def percentile(values: Iterable[float], q: float, method: Method = "nearest-rank
     if method == "higher":
         return ordered[math.ceil(share * (n - 1))]
     if method == "linear":
-        return float(np.percentile(ordered, q))
+        return float(np.quantile(ordered, float(share)))
     raise ValueError(f"unknown percentile method {method!r}")
 
 
