@@ -30,7 +30,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
-from bench.cache_quality import (
+from bench.qqp import (
     BACKENDS,
     Pairs,
     lexical,

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.cache_quality import load_pairs
+from bench.qqp import load_pairs
 from bench.train_verifier_eval import DATA, hand_written
 from bench.train_verifier_report import HAND_SETS
 from deploy.local.procs import ROOT

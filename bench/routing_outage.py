@@ -106,7 +106,7 @@ def outage_tables(out: Outage) -> str:
     head = ["requests", "started after the kill", "errors before streaming (target 0)"]
     head += ["streams cut mid-way", "errors among requests started after the kill"]
     head += ["failed attempts on the victim"]
-    row = [len(out.samples), len(after_kill), len(before), len(cut)]
+    row: list[object] = [len(out.samples), len(after_kill), len(before), len(cut)]
     row += [sum(1 for s in after_kill if s.error), f"{out.failed_attempts:.0f}"]
     events = [(name, "not seen" if math.isnan(t) else f"{t:.1f}") for name, t in out.events()]
     return "\n\n".join(

@@ -7,7 +7,7 @@ whose weights install offline here; 6 layers, 384 wide, 22M parameters, so a
 pair takes a few ms on one core as int8), with a fresh one-logit head on the
 [CLS] pooler. Input: "[CLS] question a [SEP] question b [SEP]".
 
-Data, tuning half only (the split of `bench.cache_quality.load_pairs`):
+Data, tuning half only (the split of `bench.qqp.load_pairs`):
 - the tuning half's Quora pairs, less a calibration slice (1 pair in 8 by a
   second hash byte) that training never sees;
 - the same pairs' transitive closure: questions linked by duplicate labels
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.cache_quality import load_pairs
+from bench.qqp import load_pairs
 from bench.train_verifier_pairs import generated
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,7 +228,7 @@ def export(model: Any, tokenizer: Any, work: Path) -> Path:
 
 def calibrate(model_dir: Path, targets: tuple[float, ...]) -> dict[str, object]:
     """Thresholds for each target precision on the calibration slice, per backend."""
-    from bench.cache_quality import BACKENDS, CACHE_DIR, lexical, pair_vectors
+    from bench.qqp import BACKENDS, CACHE_DIR, lexical, pair_vectors
     from semcache.calibration import calibration_for
     from semcache.pair_model import PairModel
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import itertools
 import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+
+from bench.rewrite import Maker, match_case
 
 DATA = Path(__file__).resolve().parent / "data/verifier"
 
@@ -200,16 +202,12 @@ _QUALIFIERS = [
 Pair = tuple[str, str]
 
 
-def _case(new: str, old: str) -> str:
-    return new.capitalize() if old[:1].isupper() else new
-
-
 def _opposed(text: str, rng: random.Random) -> str | None:
     found = [m for m in re.finditer(r"[A-Za-z]+", text) if m.group().lower() in OPPOSED]
     if not found:
         return None
     m = rng.choice(found)
-    return text[: m.start()] + _case(OPPOSED[m.group().lower()], m.group()) + text[m.end() :]
+    return text[: m.start()] + match_case(OPPOSED[m.group().lower()], m.group()) + text[m.end() :]
 
 
 def _number(text: str, rng: random.Random) -> str | None:
@@ -281,7 +279,7 @@ def _swaps(rng: random.Random) -> Iterator[Pair]:
         yield f"How many {y} is {n} {x}?", f"How many {x} is {n} {y}?"
 
 
-MAKERS: dict[str, Callable[[str, random.Random], str | None]] = {
+MAKERS: dict[str, Maker] = {
     "opposed": _opposed,
     "number": _number,
     "negation": _negation,

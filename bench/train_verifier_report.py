@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.cache_quality import CACHE_DIR, Calibration, Half, Pairs, pair_vectors, precision_at
+from bench.qqp import CACHE_DIR, Half, Pairs, pair_vectors, precision_at
 from bench.train_verifier_eval import DATA, adversarial, hand_written
+from semcache.calibration import Calibration
 from semcache.pair_model import MODEL_DIR, PairModel
 from semcache.pair_verify import PairVerifier, operating_point
 from semcache.settings import CacheSettings
@@ -236,7 +237,7 @@ def sweep(judge: Judge, held: Half) -> None:
 
 def latency(judge: Judge, runs: int = 200) -> None:
     """Median ms of one lookup's model call (1 and 2 candidates) against one embedding."""
-    from bench.cache_quality import encoder
+    from bench.qqp import encoder
 
     encode = encoder(judge.backend)
     q, c = "How do I reset the password of my router?", "How can I reset my router's password?"
