@@ -52,11 +52,12 @@ from collections.abc import Awaitable
 from starlette.responses import Response
 
 from gateway.cache.keys import CacheKey, cache_key
-from gateway.cache.layer import BYPASS, MISS, CacheLayer, Found, Lookup
+from gateway.cache.layer import CacheLayer, Found, Lookup
 from gateway.cache.policy import decide
 from gateway.errors import GatewayError
 from gateway.protocol import answer
 from gateway.protocol.calls import AnyRequest
+from gateway.protocol.headers import X_CACHE_SIMILARITY, X_REQUEST_ID, CacheOutcome
 from gateway.proxy.call import Call, Completion
 from gateway.proxy.handler import Observer, Proxy, discard, unexpected
 from gateway.proxy.stream import STREAM_HEADERS
@@ -65,8 +66,8 @@ from gateway.responses import RawResponse
 from gateway.settings import GatewaySettings
 from gateway.tracing import Tracing
 
-BYPASS_HEADERS = [(b"x-cache", BYPASS.encode())]
-MISS_HEADERS = [(b"x-cache", MISS.encode())]
+BYPASS_HEADERS = [CacheOutcome.BYPASS.header]
+MISS_HEADERS = [CacheOutcome.MISS.header]
 
 
 class Completions:
@@ -128,12 +129,12 @@ class Completions:
             await lookup.exact_stage(self._head_start_s)
         found = lookup.result()
         if found is not None:
-            return (found if found.outcome != MISS else None), None
+            return (found if found.outcome is not CacheOutcome.MISS else None), None
         opening = asyncio.ensure_future(self._proxy.open(call))
         try:
             while True:
                 found = lookup.result()
-                if found is not None and found.outcome != MISS:
+                if found is not None and found.outcome is not CacheOutcome.MISS:
                     return found, opening
                 if found is not None or (opening.done() and not _failed(opening)):
                     return None, opening
@@ -146,7 +147,7 @@ class Completions:
     async def _upstream(
         self, call: Call, opening: Awaitable[Opened], store: Observer | None
     ) -> Response:
-        call.cache = MISS
+        call.cache = CacheOutcome.MISS
         return await self._proxy.answer(call, opening, extra_headers=MISS_HEADERS, observe=store)
 
     def _storer(self, key: CacheKey, found: Found | None) -> Observer:
@@ -164,12 +165,9 @@ class Completions:
 
     def _replay(self, call: Call, req: AnyRequest, found: Found) -> Response:
         call.cache = found.outcome
-        headers = [
-            (b"x-cache", found.outcome.encode()),
-            (b"x-request-id", call.request_id.encode()),
-        ]
-        if found.outcome != "HIT-EXACT":
-            headers.append((b"x-cache-similarity", f"{found.similarity:.4f}".encode()))
+        headers = [found.outcome.header, (X_REQUEST_ID, call.request_id.encode())]
+        if found.outcome is not CacheOutcome.HIT_EXACT:
+            headers.append((X_CACHE_SIMILARITY, f"{found.similarity:.4f}".encode()))
         if call.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             body = answer.replay_sse(found.stored, include_usage=include_usage)

@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.balance.affinity import AffinityConfig
 from gateway.balance.breaker import BreakerConfig
-from gateway.balance.pool import PoolConfig
+from gateway.balance.config import PoolConfig
 from gateway.balance.retry_budget import RetryBudgetConfig
 from gateway.tenancy import AuthConfig, LimitsConfig, RedisKeysConfig, hash_key
 

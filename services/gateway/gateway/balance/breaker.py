@@ -1,5 +1,14 @@
 """Circuit breaker for one endpoint: closed -> open -> half-open -> closed.
 
+Envoy calls this per-host ejection *outlier detection* and keeps *circuit
+breaking* for in-flight limits; the name stays "circuit breaker" here because
+it is that pattern (Nygard's, resilience4j's) in full: a half-open state that
+admits a bounded number of probes before closing, which Envoy's outlier
+detection has not (an ejected host simply returns when its time is up), and
+because ``GATEWAY_BREAKER_*`` and ``gateway_backend_breaker_state`` are public
+names. The gateway's in-flight limit, Envoy's circuit breaking, is
+``GATEWAY_MAX_IN_FLIGHT`` (``tenancy.limits``).
+
 Vocabulary (as in electrical circuits): **closed** means traffic flows,
 **open** means the endpoint is ejected, **half-open** means a few probe
 requests are let through to test it.

@@ -12,7 +12,8 @@ The proxy calls ``lease.first_token()`` when a stream's first token arrives,
 which records the TTFT sample and moves the attempt from waiting to decoding,
 and ``lease.release(outcome)`` in a ``finally`` when the response ends, which
 drops it from the load (and, for a non-streamed answer, records the
-whole-response sample).
+whole-response sample): how an attempt's result is recorded on its endpoint
+is :mod:`gateway.balance.lease`; the pool's config, :mod:`gateway.balance.config`.
 
 No I/O, no logging: ``acquire`` runs once per request and usually looks at two
 endpoints only.
@@ -22,46 +23,21 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 
 from gateway.balance import affinity
-from gateway.balance.affinity import AffinityConfig
-from gateway.balance.breaker import BreakerConfig, BreakerState
+from gateway.balance.breaker import BreakerState
+from gateway.balance.config import DECODE_WEIGHT, PoolConfig
 from gateway.balance.endpoint import Endpoint, EndpointSpec
-from gateway.balance.engine import EngineConfig, EngineStats
+from gateway.balance.engine import EngineStats
 from gateway.balance.errors import NoEndpoint, UnknownModel
-from gateway.balance.outcome import Outcome
+from gateway.balance.lease import Clock, Lease
 from gateway.balance.p2c import PowerOfTwoChoices, two_distinct
 from gateway.balance.prefix import BLOCK_TOKENS, PromptPrefix
-from gateway.balance.retry_budget import RetryBudget, RetryBudgetConfig
+from gateway.balance.retry_budget import RetryBudget
 
-__all__ = ["EndpointSpec", "EndpointState", "Lease", "Pool", "PoolConfig"]
-
-Clock = Callable[[], float]
-
-DECODE_WEIGHT = 0.1  # see docs/routing.md, "decode weight"
-# A TTFT sample keeps at least this share of itself when the expected prefill
-# is taken off (a prefill rate set too high must not make an endpoint free).
-PREFILL_FLOOR = 0.25
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    tau_s: float = 10.0  # Peak EWMA decay time
-    default_rtt_s: float = 0.5  # cost of an endpoint never heard from
-    penalty_s: float = 5.0  # latency sample recorded for a failure
-    # Weight in the load of a stream past its first token (one still waiting
-    # for it weighs 1): low for continuous-batching servers, 1 for servers
-    # that run one request at a time. See gateway.balance.endpoint.
-    decode_weight: float = DECODE_WEIGHT
-    ttft_failure_limit_s: float = 30.0  # a slower first token counts as a failure
-    default_retry_after_s: float = 1.0  # a 429 without Retry-After
-    max_retry_after_s: float = 60.0
-    breaker: BreakerConfig = field(default_factory=BreakerConfig)
-    retry_budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    affinity: AffinityConfig = field(default_factory=AffinityConfig)
+__all__ = ["DECODE_WEIGHT", "EndpointSpec", "EndpointState", "Lease", "Pool", "PoolConfig"]
 
 
 @dataclass(frozen=True)
@@ -78,88 +54,6 @@ class EndpointState:
     ejections: int
     draining: bool
     rate_limited: bool
-
-
-class Lease:
-    """One attempt on one endpoint. Release it exactly once, in a ``finally``."""
-
-    __slots__ = (
-        "_ep",
-        "_owed",
-        "_pool",
-        "_prefill_s",
-        "_released",
-        "_start",
-        "_ttft",
-        "_waited",
-        "endpoint",
-        "panic",
-        "stream",
-    )
-
-    def __init__(
-        self,
-        pool: Pool,
-        ep: Endpoint,
-        start: float,
-        panic: bool,
-        stream: bool,
-        prefill_s: float = 0.0,
-    ) -> None:
-        self._pool = pool
-        # The expected prefill of the prompt's uncached part: taken off the TTFT
-        # sample, so that the cost measures the endpoint, not the prompt's size.
-        self._prefill_s = prefill_s
-        self._ep = ep
-        self._start = start
-        self._ttft: float | None = None
-        self._released = False
-        self._owed = False  # a failure held back until the request's fate is known
-        self._waited = 0.0
-        self.endpoint = ep.spec
-        self.panic = panic
-        self.stream = stream
-        (ep.waiting if stream else ep.unary)[self] = start
-
-    def first_token(self) -> None:
-        """A stream's first token: the TTFT sample, and the attempt is decoding now.
-
-        Once per attempt; a no-op for a non-streamed attempt, whose first
-        token is not seen (its sample is the whole response, at release).
-        """
-        if self.stream and self._ttft is None and not self._released:
-            now = self._pool._clock()
-            self._ttft = now - self._start
-            sample = max(self._ttft - self._prefill_s, PREFILL_FLOOR * self._ttft)
-            self._ep.ttft.observe(sample, now)
-            self._ep.waiting.pop(self, None)
-
-    def release(
-        self, outcome: Outcome, retry_after_s: float | None = None, *, defer_blame: bool = False
-    ) -> None:
-        """End the attempt: pending drops, the breaker hears the outcome. Idempotent.
-
-        With ``defer_blame`` a failure is held back: the endpoint is charged
-        only when :meth:`blame` is called (another endpoint answered the same
-        request, so this one was at fault), never if :meth:`forgive` is (the
-        request fails everywhere: it is the request's fault, not the endpoint's).
-        """
-        if self._released:
-            return
-        self._released = True
-        self._ep.waiting.pop(self, None)
-        self._ep.unary.pop(self, None)
-        self._pool._finish(self, outcome, retry_after_s, defer_blame)
-
-    def blame(self) -> None:
-        """Charge the endpoint with the failure held back at release (once)."""
-        if self._owed:
-            self._owed = False
-            self._pool._charge(self)
-
-    def forgive(self) -> None:
-        """Drop the failure held back at release: the endpoint is not charged."""
-        self._owed = False
 
 
 class Pool:
@@ -313,7 +207,16 @@ class Pool:
             held = ep.prefixes.match(blocks) * BLOCK_TOKENS
             prefill_s = max(0, prefix.tokens - held) * self._config.affinity.token_cost_s
             ep.prefixes.record(blocks)
-        return Lease(self, ep, now, panic, stream, prefill_s)
+        return Lease(
+            ep,
+            now,
+            panic,
+            stream,
+            prefill_s,
+            clock=self._clock,
+            config=self._config,
+            on_drained=self._drop_drained,
+        )
 
     def can_retry(self) -> bool:
         """Whether the retry budget allows one more retry; counts it when it does."""
@@ -390,54 +293,7 @@ class Pool:
                 best, best_key = ep, key
         return best
 
-    def _finish(
-        self, lease: Lease, outcome: Outcome, retry_after_s: float | None, defer: bool = False
-    ) -> None:
-        ep, now, config = lease._ep, self._clock(), self._config
-        ep.pending -= 1
-        if outcome.is_failure:
-            lease._waited = now - lease._start if lease._ttft is None else 0.0
-            if defer:
-                lease._owed = True
-                ep.breaker.neutral(now)  # gives a probe slot back; charged later, or never
-            else:
-                self._charge(lease)
-        elif outcome is Outcome.SUCCESS:
-            self._succeeded(ep, lease, now)
-        else:
-            if outcome is Outcome.RATE_LIMITED:
-                wait = config.default_retry_after_s if retry_after_s is None else retry_after_s
-                wait = min(max(wait, 0.0), config.max_retry_after_s)
-                ep.avoid_until = max(ep.avoid_until, now + wait)
-            ep.breaker.neutral(now)
-        if ep.draining and ep.pending <= 0 and self._endpoints.get(ep.spec.name) is ep:
+    def _drop_drained(self, ep: Endpoint) -> None:
+        """A drained endpoint's last attempt ended: it leaves the pool."""
+        if self._endpoints.get(ep.spec.name) is ep:
             del self._endpoints[ep.spec.name]
-
-    def _charge(self, lease: Lease) -> None:
-        """A failure counts against the endpoint: a latency penalty and the breaker."""
-        ep, now = lease._ep, self._clock()
-        penalty = max(self._config.penalty_s, lease._waited)
-        ep.ttft.observe(penalty, now)
-        ep.whole.observe(penalty, now)
-        ep.breaker.failure(now)
-
-    def _succeeded(self, ep: Endpoint, lease: Lease, now: float) -> None:
-        """A complete answer: its latency sample, then success or a too-slow failure.
-
-        A non-streamed answer is sampled as a whole response and never judged
-        by the TTFT limit (a long completion may rightly take longer). A
-        stream that ended without any token is sampled by its whole time.
-        """
-        elapsed = now - lease._start
-        if not lease.stream:
-            ep.whole.observe(elapsed, now)
-            ep.breaker.success(now)
-            return
-        ttft = lease._ttft
-        if ttft is None:
-            ttft = elapsed
-            ep.ttft.observe(ttft, now)
-        if ttft > self._config.ttft_failure_limit_s:
-            ep.breaker.failure(now)
-        else:
-            ep.breaker.success(now)

@@ -17,6 +17,11 @@ spares the store an embedding. Any error, deadline or skipped sidecar is a
 miss; an abandoned lookup is counted as ``abandoned``; nothing here fails a
 request.
 
+A lookup's ending is the ``outcome`` label of ``gateway_cache_lookups_total``
+(``LookupOutcome``): it has more endings than a request's answer
+(``protocol.headers.CacheOutcome``, the ``X-Cache`` header), so it is its own
+vocabulary, spelled as Prometheus labels are.
+
 Store, after the response's last byte: a background task assembles the stored
 form, embeds the text if the lookup did not, and sends it to the cache
 service. Pending stores are bounded; past the bound new stores are dropped and
@@ -26,6 +31,7 @@ counted rather than piling up.
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -36,21 +42,39 @@ from gateway.clients.cache import CacheClient, HitKind
 from gateway.clients.embedder import EmbedderClient
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
+from gateway.protocol.headers import CacheOutcome
 from gateway.settings import GatewaySettings
 from gateway.tracing import Tracing
 from llmgw_common.logs import get_logger
 
 log = get_logger("gateway.cache")
 
-HIT_EXACT, HIT_SEMANTIC, MISS, BYPASS = "HIT-EXACT", "HIT-SEMANTIC", "MISS", "BYPASS"
 MAX_PENDING_STORES = 256
+
+
+class LookupOutcome(enum.StrEnum):
+    """How a lookup ended: the ``outcome`` label of ``gateway_cache_lookups_total``."""
+
+    EXACT_HIT = "exact_hit"
+    SEMANTIC_HIT = "semantic_hit"
+    MISS = "miss"
+    REJECTED_BY_VERIFICATION = "rejected_by_verification"  # also a miss
+    ABANDONED = "abandoned"  # the upstream answered first
+    SKIPPED = "skipped"  # the cache service is unavailable (its breaker is open)
+    ERROR = "error"
+
+
+_ENDED_AS = {
+    CacheOutcome.HIT_EXACT: LookupOutcome.EXACT_HIT,
+    CacheOutcome.HIT_SEMANTIC: LookupOutcome.SEMANTIC_HIT,
+}
 
 
 @dataclass(slots=True)
 class Found:
     """What a lookup found: a stored answer, or a miss and what was learned."""
 
-    outcome: str
+    outcome: CacheOutcome
     stored: bytes = b""
     similarity: float = 0.0
     upstream_s: float = 0.0
@@ -64,7 +88,7 @@ class Lookup:
     __slots__ = ("_exact", "learned", "task")
 
     def __init__(self, run: Callable[[Lookup], Coroutine[Any, Any, Found]]) -> None:
-        self.learned = Found(MISS)  # the vector (or exact_only), as soon as known
+        self.learned = Found(CacheOutcome.MISS)  # the vector (or exact_only), as soon as known
         self._exact: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.task = asyncio.ensure_future(run(self))
         self.task.add_done_callback(self.exact_answered)
@@ -127,23 +151,25 @@ class CacheLayer:
         return Lookup(run)
 
     async def lookup(self, key: CacheKey, request_id: str, progress: Lookup | None = None) -> Found:
-        learned = progress.learned if progress is not None else Found(MISS)
+        learned = progress.learned if progress is not None else Found(CacheOutcome.MISS)
         if not self._cache.sidecar.available():
-            self._metrics.cache_lookups.labels("skipped").inc()
+            self._metrics.cache_lookups.labels(LookupOutcome.SKIPPED).inc()
             return learned
         started = time.perf_counter()
         try:
             found = await self._lookup(key, request_id, started + self._budget_s, learned, progress)
         except GatewayError:
             found = learned
-            self._metrics.cache_lookups.labels("error").inc()
+            self._metrics.cache_lookups.labels(LookupOutcome.ERROR).inc()
         except asyncio.CancelledError:
-            self._metrics.cache_lookups.labels("abandoned").inc()
+            self._metrics.cache_lookups.labels(LookupOutcome.ABANDONED).inc()
             raise
         else:
-            self._metrics.cache_lookups.labels(_label(found)).inc()
+            self._metrics.cache_lookups.labels(
+                _ENDED_AS.get(found.outcome, LookupOutcome.MISS)
+            ).inc()
         self._metrics.cache_lookup_seconds.observe(time.perf_counter() - started)
-        if found.outcome != MISS:
+        if found.outcome is not CacheOutcome.MISS:
             self._metrics.cache_time_saved.inc(found.upstream_s)
         return found
 
@@ -159,7 +185,7 @@ class CacheLayer:
             key.namespace, exact_key=key.exact_key, deadline_s=self._budget_s, request_id=request_id
         )
         if exact.kind == HitKind.HIT_KIND_EXACT:
-            return Found(HIT_EXACT, exact.response, 1.0, exact.upstream_seconds)
+            return Found(CacheOutcome.HIT_EXACT, exact.response, 1.0, exact.upstream_seconds)
         if progress is not None:
             progress.exact_answered()
         vector = await self._embed(key, request_id, deadline, learned)
@@ -174,9 +200,11 @@ class CacheLayer:
             request_id=request_id,
         )
         if near.kind == HitKind.HIT_KIND_SEMANTIC:
-            return Found(HIT_SEMANTIC, near.response, near.similarity, near.upstream_seconds)
+            return Found(
+                CacheOutcome.HIT_SEMANTIC, near.response, near.similarity, near.upstream_seconds
+            )
         if near.rejected_by_verification:
-            self._metrics.cache_lookups.labels("rejected_by_verification").inc()
+            self._metrics.cache_lookups.labels(LookupOutcome.REJECTED_BY_VERIFICATION).inc()
         return learned
 
     async def _embed(
@@ -253,7 +281,3 @@ class CacheLayer:
         """Let pending stores finish (at shutdown)."""
         if self._pending:
             await asyncio.wait(self._pending, timeout=wait_s)
-
-
-def _label(found: Found) -> str:
-    return {HIT_EXACT: "exact_hit", HIT_SEMANTIC: "semantic_hit"}.get(found.outcome, "miss")

@@ -29,7 +29,7 @@ class CacheDecision:
         return not (self.lookup or self.store)
 
 
-BYPASS = CacheDecision(lookup=False, store=False)
+NOT_CACHED = CacheDecision(lookup=False, store=False)  # answered with X-Cache: BYPASS
 
 
 def deterministic(req: ChatCompletionRequest | CompletionRequest) -> bool:
@@ -49,8 +49,8 @@ def decide(
 ) -> CacheDecision:
     directives = {d.strip().lower() for d in cache_control.split(",")}
     if "no-store" in directives:
-        return BYPASS
+        return NOT_CACHED
     forced = opt_in.strip().lower() == "force"
     if deterministic_only and not forced and not deterministic(req):
-        return BYPASS
+        return NOT_CACHED
     return CacheDecision(lookup="no-cache" not in directives, store=True)

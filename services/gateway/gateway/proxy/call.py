@@ -11,6 +11,7 @@ from typing import Any
 from gateway.balance.outcome import Outcome
 from gateway.balance.prefix import PromptPrefix
 from gateway.protocol.calls import Kind
+from gateway.protocol.headers import CacheOutcome
 
 # Request headers never forwarded to a backend: hop-by-hop ones, those the
 # upstream client sets itself, and credentials meant for the gateway.
@@ -71,7 +72,7 @@ class Call:
     request_id: str
     upstream_id: str = ""  # the id the backend saw, when it differs from request_id
     started: float = field(default_factory=time.perf_counter)
-    cache: str = "BYPASS"
+    cache: CacheOutcome = CacheOutcome.BYPASS
     endpoint: str = ""
     status: int = 0
     upstream_started: float = 0.0

@@ -1,5 +1,10 @@
 """Serve one proxied call: open upstream, answer, account for it once.
 
+Leases: ``proxy.upstream`` releases the attempts that fail before the client
+saw a byte (and fails over); the attempt that answers is released here, when
+its answer ends (:meth:`Proxy.answer`), or when a cache hit makes it
+pointless (:func:`discard`).
+
 A call is counted in flight from :meth:`Proxy.admit`; accounting (metrics, the
 request's log line) happens exactly once per call in :meth:`Proxy.finish`,
 whatever the path: a complete stream, a failed one, a non-streamed answer, an
@@ -100,6 +105,7 @@ class Proxy:
             return self._whole(call, opened, headers, keep, observe)
 
         def done(outcome: Outcome, watch: StreamWatch, copy: list[bytes] | None) -> None:
+            opened.lease.release(outcome)  # first: pending drops whatever happens next
             whole = None
             if copy is not None and outcome is Outcome.SUCCESS:
                 whole = answer.from_stream(call.kind, b"".join(copy))

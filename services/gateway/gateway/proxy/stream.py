@@ -32,7 +32,8 @@ from gateway.proxy.upstream import Opened
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
-# How the stream ended, what the watcher saw, and the copy of its bytes (if kept).
+# How the stream ended, what the watcher saw, and the copy of its bytes (if kept);
+# it releases the lease.
 OnDone = Callable[[Outcome, StreamWatch, list[bytes] | None], None]
 
 STREAM_HEADERS = [
@@ -74,14 +75,12 @@ class StreamResponse(Response):
         """Serve the stream; whatever ends it (success, upstream failure, the
         task cancelled, an exception while sending), ``on_done`` runs exactly
         once, so the log line, the metrics and the in-flight gauge always see
-        the request end. An ending that is not a return is CANCELLED."""
-        lease = self._opened.lease
+        the request end and the lease is released. An ending that is not a
+        return is CANCELLED."""
         outcome = Outcome.CANCELLED
         try:
             outcome = await self._serve(receive, send)
-            lease.release(outcome)
         finally:
-            lease.release(Outcome.CANCELLED)  # no-op unless cancelled above: pending drops
             self._on_done(outcome, self._watch, self._copy)
 
     async def _serve(self, receive: Receive, send: Send) -> Outcome:
