@@ -14,7 +14,8 @@
 
 Everything is skipped when already done, under a file lock, so two callers at
 once (CI's step and a test fixture, two sessions) build it once.
-``start_replicas`` is what ``make run BACKEND=llamacpp`` calls.
+``deploy.local.harness.Stack.llamacpp`` starts a replica (``make run
+BACKEND=llamacpp``, the tests, the benchmarks).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from deploy.local.procs import PYTHON, Proc, http_ok
@@ -71,8 +72,6 @@ def _percent(line: str) -> int | None:
 
 
 READY_TIMEOUT_S = 60.0
-
-Start = Callable[[Proc, Callable[[], bool], float, list[Proc]], None]
 
 
 def cache_root() -> Path:
@@ -265,25 +264,6 @@ def replica(
 
 def ready(url: str) -> Callable[[], bool]:
     return lambda: http_ok(f"{url}/v1/models")
-
-
-def start_replicas(
-    procs: list[Proc], ports: Sequence[int], log_dir: Path, start: Start
-) -> tuple[list[dict[str, object]], str]:
-    """Start one replica per port; the gateway's backends list and the model name.
-
-    The cores are shared out between the replicas: llama.cpp's threads spin while
-    they wait, so more threads than cores make every replica slower.
-    """
-    model = ensure_ready()
-    threads = max(1, (os.cpu_count() or 2) // max(1, len(ports)))
-    backends: list[dict[str, object]] = []
-    for i, port in enumerate(ports, start=1):
-        url = f"http://127.0.0.1:{port}"
-        proc = replica(f"llamacpp-{i}", port, log_dir, threads=threads, model=model)
-        start(proc, ready(url), READY_TIMEOUT_S, procs)
-        backends.append({"url": url, "models": [MODEL]})
-    return backends, MODEL
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,22 +16,16 @@ Logs of every process go to ``var/log/<name>.log``.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.local.procs import (
-    PYTHON,
-    ROOT,
-    Proc,
-    grpc_serving,
-    http_ok,
-    redis_proc,
-    redis_ready,
-)
+from deploy.local import llamacpp
+from deploy.local.harness import MOCK_MODEL, Stack
+from deploy.local.procs import ROOT, Proc
 
 LOG_DIR = ROOT / "var" / "log"
 
@@ -61,8 +55,6 @@ class Ports:
         )
 
 
-MOCK_MODEL = "mock-llama-3-8b"
-
 CURLS = """
 The stack is up. Logs: {logs}
 
@@ -86,76 +78,50 @@ Ctrl-C stops everything.
 """
 
 
-def start(proc: Proc, ready: object, timeout: float, procs: list[Proc]) -> None:
-    print(f"starting {proc.name} ...", flush=True)
-    procs.append(proc.start())
-    proc.wait_until(ready, timeout=timeout)  # type: ignore[arg-type]
+def mock_backends(stack: Stack, ports: Ports) -> tuple[list[str], str]:
+    urls = [
+        # A vLLM-like prefix cache and prefill cost, so prefix-aware routing shows.
+        stack.mock(
+            f"mock-llm-{i}", port=port, prefix_cache_blocks=16384, prefill_ms_per_token=0.05
+        )[1]
+        for i, port in enumerate(ports.mocks, start=1)
+    ]
+    return urls, MOCK_MODEL
 
 
-def mock_backends(
-    procs: list[Proc], ports: Ports, log_dir: Path
-) -> tuple[list[dict[str, object]], str]:
-    backends: list[dict[str, object]] = []
-    for i, port in enumerate(ports.mocks, start=1):
-        env = {
-            "MOCKLLM_PORT": str(port),
-            "MOCKLLM_MODELS": MOCK_MODEL,
-            # A vLLM-like prefix cache and prefill cost, so prefix-aware routing shows.
-            "MOCKLLM_PREFIX_CACHE_BLOCKS": "16384",
-            "MOCKLLM_PREFILL_MS_PER_TOKEN": "0.05",
-        }
-        proc = Proc(f"mock-llm-{i}", [PYTHON, "-m", "mockllm"], env=env, log_dir=log_dir)
-        start(proc, lambda p=port: http_ok(f"http://127.0.0.1:{p}/health"), 30, procs)
-        backends.append({"url": f"http://127.0.0.1:{port}", "models": [MOCK_MODEL]})
-    return backends, MOCK_MODEL
+def llamacpp_backends(stack: Stack, ports: Ports) -> tuple[list[str], str]:
+    """One llama.cpp replica per port. The cores are shared out between the
+    replicas: llama.cpp's threads spin while they wait, so more threads than
+    cores make every replica slower."""
+    threads = max(1, (os.cpu_count() or 2) // max(1, len(ports.mocks)))
+    urls = [
+        stack.llamacpp(f"llamacpp-{i}", port=port, threads=threads)[1]
+        for i, port in enumerate(ports.mocks, start=1)
+    ]
+    return urls, llamacpp.MODEL
 
 
-def llamacpp_backends(
-    procs: list[Proc], ports: Ports, log_dir: Path
-) -> tuple[list[dict[str, object]], str]:
-    from deploy.local import llamacpp
-
-    return llamacpp.start_replicas(procs, ports.mocks, log_dir, start)
-
-
-def run(args: argparse.Namespace, procs: list[Proc]) -> None:
+def run(args: argparse.Namespace, stack: Stack) -> None:
     ports: Ports = Ports().shifted(args.port_offset)
-    log_dir: Path = args.log_dir
     redis_url = args.redis_url
     if args.redis == "local":
-        redis = redis_proc(ports.redis, log_dir=log_dir)
-        start(redis, redis_ready(ports.redis), 15, procs)
-        redis_url = f"redis://127.0.0.1:{ports.redis}/0"
-    embedder_env = {
-        "EMBEDDER_PORT": str(ports.embedder),
-        "EMBEDDER_METRICS_PORT": str(ports.embedder_metrics),
-    }
-    embedder = Proc("embedder", [PYTHON, "-m", "embedder"], log_dir=log_dir, env=embedder_env)
-    start(embedder, lambda: grpc_serving(ports.embedder), 300, procs)
-    cache_env = {
-        "CACHE_PORT": str(ports.cache),
-        "CACHE_METRICS_PORT": str(ports.cache_metrics),
-        "CACHE_REDIS_URL": redis_url or "",
-    }
-    cache = Proc("cache", [PYTHON, "-m", "semcache"], log_dir=log_dir, env=cache_env)
-    start(cache, lambda: grpc_serving(ports.cache), 120, procs)
+        _, redis_url = stack.redis(f"redis-{ports.redis}", port=ports.redis, timeout=15)
+    _, embedder = stack.embedder(port=ports.embedder, metrics_port=ports.embedder_metrics)
+    _, cache = stack.cache(redis_url or "", port=ports.cache, metrics_port=ports.cache_metrics)
     backends_of = llamacpp_backends if args.backend == "llamacpp" else mock_backends
-    backends, model = backends_of(procs, ports, log_dir)
-    gateway_env = {
-        "GATEWAY_PORT": str(ports.gateway),
-        "GATEWAY_BACKENDS": json.dumps(backends),
-        "GATEWAY_EMBEDDER_TARGET": f"127.0.0.1:{ports.embedder}",
-        "GATEWAY_CACHE_TARGET": f"127.0.0.1:{ports.cache}",
+    backends, model = backends_of(stack, ports)
+    stack.gateway(
+        backends,
+        model=model,
+        port=ports.gateway,
+        ready_path="/readyz",
+        timeout=60,
+        embedder_target=embedder,
+        cache_target=cache,
         # llama.cpp serves one request at a time: a decoding stream blocks the next.
-        "GATEWAY_DECODE_WEIGHT": "1" if args.backend == "llamacpp" else "0.1",
-    }
-    start(
-        Proc("gateway", [PYTHON, "-m", "gateway"], env=gateway_env, log_dir=log_dir),
-        lambda: http_ok(f"http://127.0.0.1:{ports.gateway}/readyz"),
-        60,
-        procs,
+        decode_weight="1" if args.backend == "llamacpp" else "0.1",
     )
-    print(CURLS.format(port=ports.gateway, model=model, logs=log_dir), flush=True)
+    print(CURLS.format(port=ports.gateway, model=model, logs=args.log_dir), flush=True)
 
 
 def report_exit(proc: Proc, lines: int = 10) -> str:
@@ -198,12 +164,12 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    procs: list[Proc] = []
+    stack = Stack(args.log_dir, announce=True)
     try:
-        run(args, procs)
+        run(args, stack)
         reported: set[str] = set()
         while not stopping:
-            for dead in [p for p in procs if not p.alive() and p.name not in reported]:
+            for dead in [p for p in stack.procs if not p.alive() and p.name not in reported]:
                 reported.add(dead.name)
                 print(report_exit(dead), file=sys.stderr, flush=True)
                 if dead.name == "gateway":
@@ -214,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         print("stopping ...", flush=True)
-        for proc in reversed(procs):
-            proc.stop()
+        stack.stop()
     return 0
 
 

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from deploy.local.harness import Stack, chat_body
 from deploy.local.procs import Proc, redis_ready
-
-MODEL = "mock-llama-3-8b"
 
 
 def ask(gw: str, text: str, headers: dict[str, str] | None = None, **extra: Any) -> httpx.Response:
-    body = {
-        "model": MODEL,
-        "temperature": 0,
-        "messages": [{"role": "user", "content": text}],
-        **extra,
-    }
+    body = chat_body(text, **{"temperature": 0, **extra})
     return httpx.post(f"{gw}/v1/chat/completions", json=body, headers=headers, timeout=30)
 
 
@@ -46,10 +40,17 @@ def until(check: Any, within_s: float = 10.0) -> Any:
     return check()
 
 
+@dataclass(frozen=True)
+class CacheStack:
+    gw: str
+    embedder: Proc
+    cache: Proc
+
+
 @pytest.fixture
-def full_stack(stack: Any, redis_server: tuple[Proc, int], redis_url: str) -> Iterator[Any]:
-    _, embedder = stack.embedder()
-    _, cache = stack.cache(redis_url)
+def full_stack(stack: Stack, redis_url: str) -> CacheStack:
+    embedder_proc, embedder = stack.embedder()
+    cache_proc, cache = stack.cache(redis_url)
     _, mock = stack.mock(output_tokens=12, ttft_ms=5, inter_token_ms=1)
     _, gw = stack.gateway(
         [mock],
@@ -59,8 +60,7 @@ def full_stack(stack: Any, redis_server: tuple[Proc, int], redis_url: str) -> It
         cache_speculative=False,  # nor on a race with the mock (tested in test_cache_race.py)
         sidecar_breaker_open_s=0.5,
     )
-    stack.urls = {"gw": gw, "embedder": embedder, "cache": cache, "mock": mock}
-    yield stack
+    return CacheStack(gw, embedder_proc, cache_proc)
 
 
 # The paraphrase pair issue 15 names as one the cache must serve: the pair
@@ -69,8 +69,8 @@ QUESTION = "How do I reset the password of my router?"
 PARAPHRASE = "How can I reset my router's password?"
 
 
-def test_repeat_and_paraphrase_hit_and_other_conditions_do_not(full_stack: Any) -> None:
-    gw = full_stack.urls["gw"]
+def test_repeat_and_paraphrase_hit_and_other_conditions_do_not(full_stack: CacheStack) -> None:
+    gw = full_stack.gw
     first = ask(gw, QUESTION, stream=True)
     assert first.headers["x-cache"] == "MISS"
     again = until(
@@ -91,8 +91,8 @@ def test_repeat_and_paraphrase_hit_and_other_conditions_do_not(full_stack: Any) 
     assert number.headers["x-cache"] == "MISS"
 
 
-def test_failed_streams_are_not_cached(full_stack: Any) -> None:
-    gw = full_stack.urls["gw"]
+def test_failed_streams_are_not_cached(full_stack: CacheStack) -> None:
+    gw = full_stack.gw
     for fault in ("cut:3", "error-event:3"):
         broken = ask(gw, f"broken {fault}", headers={"X-Mock-Fault": fault}, stream=True)
         assert broken.headers["x-cache"] == "MISS"
@@ -108,12 +108,7 @@ def load(gw: str, stop: threading.Event, errors: list[str], count: list[int]) ->
         while not stop.is_set():
             i += 1
             text = f"question {i % 7}" if i % 2 else f"unique {i} {time.monotonic()}"
-            body = {
-                "model": MODEL,
-                "temperature": 0,
-                "stream": i % 3 == 0,
-                "messages": [{"role": "user", "content": text}],
-            }
+            body = chat_body(text, temperature=0, stream=i % 3 == 0)
             try:
                 reply = client.post(f"{gw}/v1/chat/completions", json=body)
                 if reply.status_code != 200 or "error" in reply.text[-200:]:
@@ -124,13 +119,12 @@ def load(gw: str, stop: threading.Event, errors: list[str], count: list[int]) ->
 
 
 def test_sidecars_and_redis_can_die_and_return_with_zero_client_errors(
-    full_stack: Any, redis_server: tuple[Proc, int]
+    full_stack: CacheStack, redis_server: tuple[Proc, int]
 ) -> None:
-    gw = full_stack.urls["gw"]
-    embedder_proc = next(p for p in full_stack.procs if p.name.startswith("embedder"))
-    cache_proc = next(p for p in full_stack.procs if p.name.startswith("cache"))
+    gw = full_stack.gw
+    embedder_proc, cache_proc = full_stack.embedder, full_stack.cache
     redis_proc, redis_port = redis_server
-    stop, errors, count = threading.Event(), [], [0]
+    stop, errors, count = threading.Event(), list[str](), [0]
     workers = [threading.Thread(target=load, args=(gw, stop, errors, count)) for _ in range(4)]
     for w in workers:
         w.start()

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import aiohttp
 import httpx
@@ -26,22 +26,17 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy.local.harness import Stack, chat_body, wait_for
 from deploy.local.procs import Proc, redis_ready
 from gateway.tenancy import hash_key
 
-MODEL = "mock-llama-3-8b"
 # Breaker time constants scaled down (as in test_routing.py) so a cycle takes seconds.
-SCALED = {
+SCALED: dict[str, Any] = {
     "ewma_tau_s": 1,
     "failure_penalty_s": 1,
     "breaker_base_ejection_s": 1,
     "breaker_consecutive_failures": 3,
 }
-
-
-class Stack(Protocol):
-    def mock(self, name: str = "mock", **env: object) -> tuple[Proc, str]: ...
-    def gateway(self, backend_urls: list[str], **env: object) -> tuple[Proc, str]: ...
 
 
 # -- a client that remembers when each answer began -------------------------------------
@@ -78,7 +73,7 @@ class Answer:
 
 
 def chat(n: int, stream: bool) -> dict[str, object]:
-    return {"model": MODEL, "stream": stream, "messages": [{"role": "user", "content": f"q {n}"}]}
+    return chat_body(f"q {n}", stream=stream)
 
 
 async def ask(
@@ -146,15 +141,6 @@ def breaker_states(gw: str) -> dict[str, str]:
             if s.name == "gateway_backend_breaker_state" and s.value == 1:
                 states[s.labels["endpoint"]] = s.labels["state"]
     return states
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # -- a killed replica ------------------------------------------------------------------------
@@ -325,7 +311,7 @@ def test_tenant_limits_survive_a_redis_outage_and_are_shared_again_after(
     redis_proc, redis_port = redis_server
     keys = write_keys(tmp_path / "keys.json")
     _, mock = stack.mock(ttft_ms=10, inter_token_ms=5, output_tokens=16)
-    settings = {
+    settings: dict[str, Any] = {
         "auth_enabled": "true",
         "api_keys_file": tmp_path / "keys.json",
         "redis_url": redis_url,
@@ -361,7 +347,7 @@ def test_tenant_limits_survive_a_redis_outage_and_are_shared_again_after(
         evals = sum(v["calls"] for k, v in stats.items() if "eval" in k)
         return evals >= 4 and client.info("clients")["connected_clients"] >= 3  # 2 gateways + us
 
-    wait_for("admissions decided in the restarted Redis", scripts_ran)
+    wait_for(scripts_ran, "admissions decided in the restarted Redis")
     client.close()
     # ...and a fresh tenant gets one shared burst of 4, not 4 per replica.
     assert burst_across(gws, keys["after"], 6) == [200] * 4 + [429] * 2

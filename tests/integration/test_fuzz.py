@@ -44,7 +44,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from deploy.local.procs import PYTHON, Proc, free_port, grpc_serving, http_ok
+from deploy.local.harness import Stack, chat_body
 
 MODEL = "mock-llama-3-8b"
 EMBED_MODEL = "all-MiniLM-L6-v2"
@@ -68,51 +68,24 @@ ADMIN_ROUTES = {"GET /admin/cache/stats", "POST /admin/cache/invalidate"}
 # -- the processes ------------------------------------------------------------
 
 
-def _start(procs: list[Proc], proc: Proc, ready: Any, timeout: float) -> None:
-    procs.append(proc.start())
-    proc.wait_until(ready, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    logs = tmp_path_factory.mktemp("fuzz-logs")
-    procs: list[Proc] = []
-    ports = {name: free_port() for name in ("embedder", "cache", "mock", "gateway")}
-
-    def proc(name: str, module: str, env: dict[str, str]) -> Proc:
-        return Proc(f"{name}-{ports[name]}", [PYTHON, "-m", module], env=env, log_dir=logs)
-
-    try:
-        embedder = proc("embedder", "embedder", {"EMBEDDER_PORT": str(ports["embedder"])})
-        embedder.env["EMBEDDER_METRICS_PORT"] = "0"
-        _start(procs, embedder, lambda: grpc_serving(ports["embedder"]), 300)
-        cache = proc("cache", "semcache", {"CACHE_PORT": str(ports["cache"])})
-        cache.env.update(CACHE_METRICS_PORT="0", CACHE_REDIS_URL="")
-        _start(procs, cache, lambda: grpc_serving(ports["cache"]), 120)
-        mock_env = {"MOCKLLM_PORT": str(ports["mock"]), "MOCKLLM_MODELS": MODEL}
-        mock_env.update(MOCKLLM_TTFT_MS="0", MOCKLLM_INTER_TOKEN_MS="0", MOCKLLM_OUTPUT_TOKENS="8")
-        mock_url = f"http://127.0.0.1:{ports['mock']}"
-        _start(procs, proc("mock", "mockllm", mock_env), lambda: http_ok(f"{mock_url}/health"), 30)
-        gateway_env = {
-            "GATEWAY_PORT": str(ports["gateway"]),
-            "GATEWAY_BACKENDS": json.dumps([{"url": mock_url, "models": [MODEL]}]),
-            "GATEWAY_EMBEDDER_TARGET": f"127.0.0.1:{ports['embedder']}",
-            "GATEWAY_CACHE_TARGET": f"127.0.0.1:{ports['cache']}",
-            "GATEWAY_ADMIN_KEY": ADMIN_KEY,
-            "GATEWAY_MAX_BODY_BYTES": str(MAX_BODY),
-            "GATEWAY_MAX_HEADER_BYTES": str(MAX_HEADERS),
-            "GATEWAY_LOG_REQUESTS": "false",
-        }
-        url = f"http://127.0.0.1:{ports['gateway']}"
-        _start(
-            procs, proc("gateway", "gateway", gateway_env), lambda: http_ok(f"{url}/healthz"), 30
+    with Stack(tmp_path_factory.mktemp("fuzz-logs")) as stack:
+        _, embedder = stack.embedder()
+        _, cache = stack.cache()
+        _, mock = stack.mock(ttft_ms=0, inter_token_ms=0, output_tokens=8)
+        _, url = stack.gateway(
+            [mock],
+            embedder_target=embedder,
+            cache_target=cache,
+            admin_key=ADMIN_KEY,
+            max_body_bytes=MAX_BODY,
+            max_header_bytes=MAX_HEADERS,
+            log_requests="false",
         )
         probe = httpx.post(f"{url}/v1/embeddings", json={"model": EMBED_MODEL, "input": "hi"})
         assert probe.status_code == 200, probe.text  # the steered embeddings cases need the name
         yield url
-    finally:
-        for p in reversed(procs):
-            p.stop()
 
 
 def served_document(gw: str) -> dict[str, Any]:
@@ -230,8 +203,8 @@ def test_fuzzing_the_documented_api_finds_no_server_error_and_no_undocumented_an
 # -- hand-made hostile input through real uvicorn -------------------------------------------------
 
 
-def _chat(**extra: Any) -> dict[str, Any]:
-    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **extra}
+def _chat(**extra: Any) -> dict[str, object]:
+    return chat_body("hi", **extra)
 
 
 def _chunks(total: int) -> Iterator[bytes]:

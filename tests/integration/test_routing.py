@@ -14,22 +14,22 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any
 
 import aiohttp
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.local.procs import Proc, http_ok
+from deploy.local.harness import MOCK_MODEL, Stack, chat_body, wait_for
+from deploy.local.procs import http_ok
 
-MODEL = "mock-llama-3-8b"
 FAST = {"ttft_ms": 20, "inter_token_ms": 5, "output_tokens": 16}
 # The router's time constants scaled down so that a whole eject-probe-rejoin
 # cycle takes seconds (defaults: 5 s ejection, doubled per failed probe, and a
 # 5 s failure penalty that keeps a replica away until its breaker opens).
 # Three failures eject: a kill cuts only the streams in flight.
-SCALED = {
+SCALED: dict[str, Any] = {
     "ewma_tau_s": 1,
     "failure_penalty_s": 1,
     "breaker_base_ejection_s": 1,
@@ -43,11 +43,6 @@ def always(n: int) -> bool:
 
 def never(n: int) -> bool:
     return False
-
-
-class Stack(Protocol):
-    def mock(self, name: str = "mock", **env: object) -> tuple[Proc, str]: ...
-    def gateway(self, backend_urls: list[str], **env: object) -> tuple[Proc, str]: ...
 
 
 # -- reading the gateway's metrics ----------------------------------------------
@@ -83,16 +78,6 @@ def successes(samples: Samples, endpoint: str) -> float:
     return total(samples, "gateway_upstream_attempts_total", endpoint=endpoint, outcome="success")
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 20.0) -> float:
-    """Poll until ``check()``; return when it became true (monotonic clock)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return time.monotonic()
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 # -- a bounded closed-loop client ---------------------------------------------------
 
 
@@ -111,17 +96,13 @@ class Answer:
         return self.stream and self.status == 200
 
 
-def chat(content: str, *, stream: bool, model: str = MODEL) -> dict[str, object]:
-    return {"model": model, "stream": stream, "messages": [{"role": "user", "content": content}]}
-
-
 async def ask(
     session: aiohttp.ClientSession,
     gw: str,
     n: int,
     *,
     stream: bool,
-    model: str = MODEL,
+    model: str = MOCK_MODEL,
     headers: dict[str, str] | None = None,
 ) -> Answer:
     started = time.monotonic()
@@ -129,7 +110,7 @@ async def ask(
     try:
         async with session.post(
             f"{gw}/v1/chat/completions",
-            json=chat(f"request {n}", stream=stream, model=model),
+            json=chat_body(f"request {n}", stream=stream, model=model),
             headers=headers,
         ) as reply:
             status = reply.status
@@ -152,7 +133,7 @@ async def drive(
     max_seconds: float,
     stop: Callable[[], bool] = lambda: False,
     streams: Callable[[int], bool] = lambda n: n % 2 == 0,
-    model: str = MODEL,
+    model: str = MOCK_MODEL,
     headers: dict[str, str] | None = None,
     client_timeout_s: float = 30,
 ) -> list[Answer]:
@@ -225,7 +206,7 @@ def test_a_killed_replica_fails_over_then_is_probed_and_rejoins(stack: Stack) ->
             time.sleep(2)
             marks["kill"] = time.monotonic()
             victim.kill()
-            marks["open"] = wait_for("breaker open", lambda: state() == "open", 15)
+            marks["open"] = wait_for(lambda: state() == "open", "breaker open", 15)
             time.sleep(3)  # dead through at least one failed probe
             marks["ejections"] = total(scrape(gw), "gateway_backend_ejections", endpoint=victim_url)
             victim.start().wait_until(lambda: http_ok(f"{victim_url}/health"))
@@ -233,8 +214,8 @@ def test_a_killed_replica_fails_over_then_is_probed_and_rejoins(stack: Stack) ->
             at_restart.append(state())
             served = successes(scrape(gw), victim_url)
             marks["rejoin"] = wait_for(
-                "breaker closed and traffic back",
                 lambda: state() == "closed" and successes(scrape(gw), victim_url) > served + 5,
+                "breaker closed and traffic back",
             )
         finally:
             stop = True
@@ -291,8 +272,8 @@ def test_a_hung_replica_times_out_is_ejected_and_clients_see_no_errors(stack: St
         nonlocal stop
         try:
             wait_for(
-                "the hung replica ejected",
                 lambda: total(scrape(gw), "gateway_backend_ejections", endpoint=hung) >= 1,
+                "the hung replica ejected",
                 30,
             )
         finally:
@@ -369,7 +350,7 @@ def test_each_model_goes_only_to_replicas_serving_it(stack: Stack) -> None:
     _, url_b = stack.mock("b", **FAST, models="model-b")
     # Empty model lists: the gateway reads each backend's /v1/models.
     backends = [{"url": url_a, "models": []}, {"url": url_b, "models": []}]
-    _, gw = stack.gateway([], backends=json.dumps(backends))
+    _, gw = stack.gateway(backends)
     for model in ("model-a", "model-b"):
         answers = asyncio.run(drive(gw, workers=4, max_requests=20, max_seconds=20, model=model))
         assert len(answers) == 20 and failed(answers) == []
@@ -378,7 +359,7 @@ def test_each_model_goes_only_to_replicas_serving_it(stack: Stack) -> None:
     listed = httpx.get(f"{gw}/v1/models").json()["data"]
     assert sorted(m["id"] for m in listed) == ["model-a", "model-b"]
     reply = httpx.post(
-        f"{gw}/v1/chat/completions", json=chat("x", stream=False, model="model-c"), timeout=10
+        f"{gw}/v1/chat/completions", json=chat_body("x", stream=False, model="model-c"), timeout=10
     )
     assert reply.status_code == 404
     assert reply.json()["error"]["code"] == "model_not_found"
