@@ -74,22 +74,17 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     cache: CacheOutcome = CacheOutcome.BYPASS
     endpoint: str = ""
-    status: int = 0
     upstream_started: float = 0.0
     upstream_ended: float = 0.0
     first_token_at: float = 0.0
     attempts: int = 0
     cancelled_upstream_s: float = 0.0  # an attempt a cache hit cancelled had run this long
-    tokens_out: int = 0
-    tokens_in: int = 0
-    outcome: str = ""
     receive: Any = None  # the ASGI receive channel, to notice a client that leaves
     span: Any = None  # tracing: the request's root span and its context (None: off)
     trace: Any = None
     upstream_span: Any = None
     prefix: PromptPrefix | None = None  # the prompt's block hashes, for prefix affinity
     prompt: str | None = None  # only when GATEWAY_LOG_PROMPTS is on
-    completion: str | None = None
 
     @property
     def route(self) -> str:

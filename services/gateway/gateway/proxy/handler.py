@@ -159,10 +159,7 @@ class Proxy:
     def _completed(self, call: Call, completion: Completion, observe: Observer | None) -> None:
         """Account for an upstream answer that ended, once; then tell the observer."""
         self._count_attempt(call, completion.outcome)
-        call.tokens_in, call.tokens_out = completion.tokens_in, completion.tokens_out
-        if call.prompt is not None:
-            call.completion = answer.text_of(completion.answer) if completion.answer else ""
-        self.finish(call, completion.status, completion.outcome)
+        self.finish(call, completion.status, completion.outcome, completion)
         if observe is not None:
             observe(call, completion)
 
@@ -219,12 +216,18 @@ class Proxy:
         elif outcome is Outcome.CANCELLED:
             self._metrics.client_disconnects.inc()
 
-    def finish(self, call: Call, status: int, outcome: str) -> None:
-        """Metrics and the log line for a call, once."""
+    def finish(
+        self, call: Call, status: int, outcome: str, completion: Completion | None = None
+    ) -> None:
+        """Metrics and the log line for a call, once: ``completion`` when an upstream
+        answer reached the client, else how it ended without one."""
         now = time.perf_counter()
         m = self._metrics
         m.in_flight.dec()
-        call.status, call.outcome = status, str(outcome)
+        outcome = str(outcome)
+        tokens_in, tokens_out = (
+            (completion.tokens_in, completion.tokens_out) if completion else (0, 0)
+        )
         m.requests.labels(call.route, call.model, str(status), call.cache).inc()
         m.duration.labels(call.route, "true" if call.stream else "false").observe(
             now - call.started
@@ -234,13 +237,13 @@ class Proxy:
         if call.upstream_started and call.upstream_ended:
             upstream = call.upstream_ended - call.upstream_started
             m.overhead.labels(call.route).observe(max(0.0, now - call.started - upstream))
-        if call.tokens_out:
-            m.tokens.labels(call.model, "out").inc(call.tokens_out)
-        if call.tokens_in:
-            m.tokens.labels(call.model, "in").inc(call.tokens_in)
+        if tokens_out:
+            m.tokens.labels(call.model, "out").inc(tokens_out)
+        if tokens_in:
+            m.tokens.labels(call.model, "in").inc(tokens_in)
         if call.span is not None:
             Tracing.end(call.upstream_span, status, endpoint=call.endpoint, attempts=call.attempts)
-            Tracing.end(call.span, status, cache=call.cache, outcome=call.outcome)
+            Tracing.end(call.span, status, cache=call.cache, outcome=outcome)
         if self._log_requests:
             log.info(
                 "request_done",
@@ -249,7 +252,7 @@ class Proxy:
                 model=call.model,
                 stream=call.stream,
                 status=status,
-                outcome=call.outcome,
+                outcome=outcome,
                 cache=call.cache,
                 endpoint=call.endpoint,
                 attempts=call.attempts,
@@ -257,8 +260,8 @@ class Proxy:
                 ttft_ms=round((call.first_token_at - call.started) * 1000, 2)
                 if call.first_token_at
                 else None,
-                tokens_out=call.tokens_out,
-                **_texts(call),
+                tokens_out=tokens_out,
+                **_texts(call, completion),
                 **_cancelled(call),
                 **({"upstream_request_id": call.upstream_id} if call.upstream_id else {}),
             )
@@ -302,11 +305,12 @@ def _cancelled(call: Call) -> dict[str, float]:
     return {"upstream_cancelled_ms": round(call.cancelled_upstream_s * 1000, 2)}
 
 
-def _texts(call: Call) -> dict[str, str]:
+def _texts(call: Call, completion: Completion | None) -> dict[str, str]:
     """Prompt and completion text: only present when GATEWAY_LOG_PROMPTS is on."""
     if call.prompt is None:
         return {}
-    return {"prompt": call.prompt, "completion": call.completion or ""}
+    kept = completion.answer if completion is not None else None
+    return {"prompt": call.prompt, "completion": answer.text_of(kept) if kept else ""}
 
 
 def unexpected(exc: BaseException) -> tuple[int, str]:
