@@ -62,7 +62,18 @@ def forwardable_headers(raw: list[tuple[bytes, bytes]], upstream_id: str) -> dic
 
 @dataclass(slots=True)
 class Call:
-    """One client request, from arrival to its last byte."""
+    """One client request, from arrival to its last byte.
+
+    The route sets what the request is (the fields up to ``started``, and
+    ``receive``, ``span``, ``trace``, ``prefix``, ``prompt``); the rest is
+    written while it is served, each by one part: ``cache`` by ``serving``;
+    ``endpoint``, ``attempts`` and the upstream times by ``proxy.upstream``
+    (``upstream_ended`` of a stream by ``proxy.stream``); ``first_token_at``
+    by ``proxy.stream`` or, for a hit, ``serving``; ``cancelled_upstream_s``
+    and ``upstream_span`` by ``proxy.handler``. How it ended is not kept
+    here: it is the :class:`Completion`, or the status given to
+    ``Proxy.finish``.
+    """
 
     kind: Kind  # set once, by the route
     model: str
