@@ -21,10 +21,10 @@ import grpc
 import numpy as np
 import pytest
 
-from deploy.local.procs import PYTHON, Proc, free_port, grpc_serving
+from deploy.local.harness import Stack
+from deploy.local.procs import PYTHON, Proc, free_port
 from llmgw.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 
-FIRST_START_TIMEOUT_S = 180.0  # a first start exports the ONNX model
 LONG_TEXT = "the quick brown fox jumps over the lazy dog " * 40  # > 256 word pieces
 
 
@@ -42,27 +42,19 @@ class Embedder:
         raise KeyError(name)
 
 
-def start_embedder(log_dir: Path, **env: str) -> Embedder:
+def start_embedder(stack: Stack, **env: str) -> Embedder:
+    """The real embedder (a first start exports the ONNX model), with its metrics served."""
     port, metrics_port = free_port(), free_port()
-    settings = {
-        "EMBEDDER_HOST": "127.0.0.1",
-        "EMBEDDER_PORT": str(port),
-        "EMBEDDER_METRICS_PORT": str(metrics_port),
-        "EMBEDDER_BACKEND": "onnx-int8",
-        **{f"EMBEDDER_{key.upper()}": value for key, value in env.items()},
-    }
-    proc = Proc(f"embedder-{port}", [PYTHON, "-m", "embedder"], env=settings, log_dir=log_dir)
-    proc.start().wait_until(lambda: grpc_serving(port), timeout=FIRST_START_TIMEOUT_S)
+    proc, _ = stack.embedder(
+        port=port, host="127.0.0.1", metrics_port=metrics_port, backend="onnx-int8", **env
+    )
     return Embedder(proc, port, metrics_port)
 
 
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedder]:
-    server = start_embedder(tmp_path_factory.mktemp("logs"))
-    try:
-        yield server
-    finally:
-        server.proc.stop()
+    with Stack(tmp_path_factory.mktemp("logs")) as stack:
+        yield start_embedder(stack)
 
 
 async def embed(
@@ -126,9 +118,9 @@ async def test_bad_input_is_invalid_argument(
     assert message in (caught.value.details() or "")
 
 
-async def test_a_tiny_queue_overflows_into_resource_exhausted(log_dir: Path) -> None:
+async def test_a_tiny_queue_overflows_into_resource_exhausted(stack: Stack) -> None:
     server = start_embedder(
-        log_dir, max_queue_texts="4", max_texts_per_request="4", max_batch_size="1"
+        stack, max_queue_texts="4", max_texts_per_request="4", max_batch_size="1"
     )
     try:
         calls = [embed(server.target, [LONG_TEXT] * 4) for _ in range(16)]
@@ -142,9 +134,9 @@ async def test_a_tiny_queue_overflows_into_resource_exhausted(log_dir: Path) -> 
     assert set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-async def test_sigterm_lets_the_in_flight_call_finish(log_dir: Path) -> None:
+async def test_sigterm_lets_the_in_flight_call_finish(stack: Stack) -> None:
     # One text per model run: 48 long texts keep the call busy for a while.
-    server = start_embedder(log_dir, max_batch_size="1", grace_s="30")
+    server = start_embedder(stack, max_batch_size="1", grace_s="30")
     call = asyncio.ensure_future(embed(server.target, [LONG_TEXT] * 48, deadline_s=60))
     for _ in range(500):
         if server.metric("embedder_requests_in_flight") >= 1:

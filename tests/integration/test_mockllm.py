@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from deploy.local.procs import PYTHON, Proc, free_port, http_ok
+from deploy.local.harness import Stack
+from deploy.local.procs import Proc
 
 pytestmark = pytest.mark.integration
 
@@ -18,22 +19,9 @@ INTER_TOKEN_MS = 20
 
 
 @pytest.fixture
-def mock_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, str]]:
-    port = free_port()
-    env = {
-        "MOCKLLM_PORT": str(port),
-        "MOCKLLM_TTFT_MS": "30",
-        "MOCKLLM_INTER_TOKEN_MS": str(INTER_TOKEN_MS),
-        "MOCKLLM_OUTPUT_TOKENS": str(TOKENS),
-    }
-    proc = Proc(
-        "mockllm", [PYTHON, "-m", "mockllm"], env=env, log_dir=tmp_path_factory.mktemp("logs")
-    )
-    proc.start().wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), timeout=20)
-    try:
-        yield proc, f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.stop()
+def mock_url(stack: Stack) -> tuple[Proc, str]:
+    proc, url = stack.mock(ttft_ms=30, inter_token_ms=INTER_TOKEN_MS, output_tokens=TOKENS)
+    return proc, f"{url}/v1"
 
 
 @pytest.fixture
