@@ -37,15 +37,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import orjson
@@ -55,24 +54,25 @@ from bench.loadgen import Sample, one_request
 from bench.prefix_workload import Ideal, Workload
 from bench.runner import machine, terminate
 from bench.stats import percentile
-from deploy.local.procs import PYTHON, ROOT, Proc, free_port, http_ok
+from deploy.local.harness import MOCK_MODEL
+from deploy.local.harness import Stack as Harness
+from deploy.local.procs import ROOT
 from gateway.balance.prefix import prompt_prefix
 from mockllm.prefix_cache import BLOCK_TOKENS
 
-MODEL = "mock-llama-3-8b"
+MODEL = MOCK_MODEL  # "mock-llama-3-8b"
 PATH = "/v1/chat/completions"
 LOG_DIR = ROOT / "var" / "log" / "bench-prefix"
 REPLICAS = 4
 CACHE_BLOCKS = 4096
 PREFILL_MS_PER_TOKEN = 0.05
-MOCK_ENV = {
-    "MOCKLLM_TTFT_MS": "20",
-    "MOCKLLM_INTER_TOKEN_MS": "5",
-    "MOCKLLM_OUTPUT_TOKENS": "16",
-    "MOCKLLM_MAX_CONCURRENCY": "256",
-    "MOCKLLM_MODELS": MODEL,
-    "MOCKLLM_LOG_LEVEL": "warning",
-    "MOCKLLM_PREFIX_CACHE_BLOCKS": str(CACHE_BLOCKS),
+MOCK_SETTINGS: dict[str, Any] = {  # MOCKLLM_<KEY>; the mocks serve MODEL
+    "ttft_ms": 20,
+    "inter_token_ms": 5,
+    "output_tokens": 16,
+    "max_concurrency": 256,
+    "log_level": "warning",
+    "prefix_cache_blocks": CACHE_BLOCKS,
 }
 USERS = 64
 WARMUP_S = 5.0
@@ -87,50 +87,29 @@ class Stack:
     gateways: dict[str, str]  # name -> url
 
 
-def _ok(url: str) -> Callable[[], bool]:
-    return lambda: http_ok(url)
-
-
-def start(procs: list[Proc], prefill_ms: float, slow: bool) -> Stack:
+def start(harness: Harness, prefill_ms: float, slow: bool) -> Stack:
     """The mocks (prefill ``prefill_ms`` per uncached token) and the three gateways.
 
     With ``slow`` the last mock's base time to first token is ten times longer.
     """
-    mocks, started = [], []
+    mocks = []
     for i in range(REPLICAS):
-        port = free_port()
-        env = {
-            **MOCK_ENV,
-            "MOCKLLM_PORT": str(port),
-            "MOCKLLM_PREFILL_MS_PER_TOKEN": str(prefill_ms),
-        }
+        settings = {**MOCK_SETTINGS, "prefill_ms_per_token": prefill_ms}
         if slow and i == REPLICAS - 1:
-            env["MOCKLLM_TTFT_MS"] = "200"
-        proc = Proc(f"mock{i}", [PYTHON, "-m", "mockllm"], env=env, log_dir=LOG_DIR).start()
-        procs.append(proc)
-        started.append(proc)
-        mocks.append(f"http://127.0.0.1:{port}")
-    for proc, url in zip(started, mocks, strict=True):
-        proc.wait_until(_ok(f"{url}/health"), timeout=30)
-    backends = json.dumps([{"url": url, "models": [MODEL]} for url in mocks])
+            settings["ttft_ms"] = 200
+        mocks.append(harness.mock(f"mock{i}", **settings)[1])
     affinity = {
-        "GATEWAY_PREFIX_AFFINITY": "true",
-        "GATEWAY_PREFIX_CACHE_TOKENS": str(CACHE_BLOCKS * BLOCK_TOKENS),
-        "GATEWAY_PREFILL_S_PER_TOKEN": str(prefill_ms / 1000),
+        "prefix_affinity": "true",
+        "prefix_cache_tokens": CACHE_BLOCKS * BLOCK_TOKENS,
+        "prefill_s_per_token": prefill_ms / 1000,
     }
     gateways = {}
     for name, extra in (
-        ("p2c", {"GATEWAY_PREFIX_AFFINITY": "false"}),
+        ("p2c", {"prefix_affinity": "false"}),
         ("affinity", affinity),
         ("affinity-2", affinity),
     ):
-        port = free_port()
-        env = {"GATEWAY_PORT": str(port), "GATEWAY_BACKENDS": backends, **extra}
-        proc = Proc(f"gateway-{name}", [PYTHON, "-m", "gateway"], env=env, log_dir=LOG_DIR)
-        procs.append(proc.start())
-        url = f"http://127.0.0.1:{port}"
-        proc.wait_until(_ok(f"{url}/readyz"), timeout=30)
-        gateways[name] = url
+        _, gateways[name] = harness.gateway(mocks, f"gateway-{name}", ready_path="/readyz", **extra)
     return Stack(mocks, gateways)
 
 
@@ -321,10 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     print(hashing_cost(), "\n", flush=True)
-    procs: list[Proc] = []
     phases: list[Phase] = []
-    try:
-        stack = start(procs, args.prefill_ms, args.slow)
+    with Harness(LOG_DIR) as harness:
+        stack = start(harness, args.prefill_ms, args.slow)
         print(
             "| workload | router | requests | errors | req/s | TTFT p50 ms | TTFT p99 ms "
             "| hit rate | ideal | of ideal | busiest replica | replica 4 |"
@@ -334,9 +312,6 @@ def main(argv: list[str] | None = None) -> int:
             phase = asyncio.run(run_phase(stack, router, kind, seed, args.duration))
             phases.append(phase)
             print(row(phase), flush=True)
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
     print()
     print("\n".join(summary(phases)))
     return 0

@@ -39,16 +39,13 @@ from typing import Any, TypeVar
 from bench.loadgen import Cell, CpuClock, Meter, run_slice
 from bench.runner import INTERRUPTED, interruptible, machine, run_loop
 from bench.stats import fmt, md_table
-from deploy.local.procs import PYTHON, ROOT, Proc, free_port, http_ok
+from deploy.local.harness import MOCK_MODEL, Stack
+from deploy.local.procs import PYTHON, ROOT, Proc
 
-MODEL = "mock-llama-3-8b"
-MOCK_ENV = {
-    "MOCKLLM_TTFT_MS": "20",
-    "MOCKLLM_INTER_TOKEN_MS": "5",
-    "MOCKLLM_OUTPUT_TOKENS": "32",
-    "MOCKLLM_MAX_CONCURRENCY": "256",
-    "MOCKLLM_MODELS": MODEL,
-}
+MODEL = MOCK_MODEL  # "mock-llama-3-8b"
+PATH = "/v1/chat/completions"
+# The mock's settings (deploy.local.harness: MOCKLLM_<KEY>); it serves MODEL.
+MOCK_SETTINGS = {"ttft_ms": 20, "inter_token_ms": 5, "output_tokens": 32, "max_concurrency": 256}
 T = TypeVar("T")
 LOG_DIR = ROOT / "var" / "log" / "bench"
 ORDER = ("direct", "gateway", "gateway", "direct")
@@ -57,34 +54,11 @@ TARGET_C64_RPS_PCT = 90.0
 TARGET_C64_CPU_MS = 2.5
 
 
-def start_stack(procs: list[Proc]) -> tuple[str, str]:
-    """Mock then gateway on free loopback ports; returns (direct_url, gateway_url)."""
-    mock_port, gw_port = free_port(), free_port()
-    for name in ("mock-llm", "gateway"):
-        (LOG_DIR / f"{name}.log").unlink(missing_ok=True)  # Proc appends; keep one run's log
-    mock = Proc(
-        "mock-llm",
-        [PYTHON, "-m", "mockllm"],
-        env={**MOCK_ENV, "MOCKLLM_PORT": str(mock_port)},
-        log_dir=LOG_DIR,
-    )
-    procs.append(mock.start())
-    mock.wait_until(lambda: http_ok(f"http://127.0.0.1:{mock_port}/health"), timeout=30)
-    backends = [{"url": f"http://127.0.0.1:{mock_port}", "models": [MODEL]}]
-    gateway = Proc(
-        "gateway",
-        [PYTHON, "-m", "gateway"],
-        env={
-            "GATEWAY_PORT": str(gw_port),
-            "GATEWAY_BACKENDS": json.dumps(backends),
-            "GATEWAY_LOG_REQUESTS": "true",
-        },
-        log_dir=LOG_DIR,
-    )
-    procs.append(gateway.start())
-    gateway.wait_until(lambda: http_ok(f"http://127.0.0.1:{gw_port}/readyz"), timeout=30)
-    path = "/v1/chat/completions"
-    return f"http://127.0.0.1:{mock_port}{path}", f"http://127.0.0.1:{gw_port}{path}"
+def start_stack(stack: Stack) -> tuple[Proc, str, Proc, str]:
+    """Mock then gateway on free loopback ports: (mock, direct URL, gateway, gateway URL)."""
+    mock, mock_url = stack.mock("mock-llm", **MOCK_SETTINGS)
+    gateway, gateway_url = stack.gateway([mock_url], ready_path="/readyz", log_requests="true")
+    return mock, mock_url + PATH, gateway, gateway_url + PATH
 
 
 async def measure(
@@ -274,10 +248,8 @@ def _json_value(value: object) -> object:
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    procs: list[Proc] = []
-    try:
-        direct_url, gateway_url = start_stack(procs)
-        mock, gateway = procs
+    with Stack(LOG_DIR, fresh_logs=True) as stack:
+        mock, direct_url, gateway, gateway_url = start_stack(stack)
         clocks = {
             "gateway": CpuClock(gateway.pid),
             "mock": CpuClock(mock.pid),
@@ -287,9 +259,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         cells = run_loop(measure(urls, clocks, args))
         if args.profile is not None:
             run_loop(profile(gateway_url, gateway.pid, args))
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
     direct = {c.concurrency: c for c in cells if c.target == "direct"}
     return [row(c, direct[c.concurrency]) for c in cells]
 

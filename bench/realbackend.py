@@ -40,7 +40,8 @@ import httpx
 from bench.runner import cpu_model
 from bench.stats import percentile
 from deploy.local import llamacpp
-from deploy.local.procs import PYTHON, ROOT, Proc, free_port, http_ok
+from deploy.local.harness import Stack as Harness
+from deploy.local.procs import ROOT
 
 LOG_DIR = ROOT / "var" / "log" / "bench-realbackend"
 NO_EOS = {"0": -100, "2": -100}  # SmolLM2's <|endoftext|> and <|im_end|>
@@ -123,25 +124,13 @@ async def measure(urls: dict[str, str], args: argparse.Namespace) -> list[Cell]:
     return cells
 
 
-def start(procs: list[Proc], threads: int) -> dict[str, str]:
-    model = llamacpp.ensure_ready()
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    for old in LOG_DIR.glob("*.log"):
-        old.unlink()  # Proc appends; keep one run's logs
-    port, gw_port = free_port(), free_port()
-    direct = f"http://127.0.0.1:{port}"
-    replica = llamacpp.replica("llamacpp", port, LOG_DIR, threads=threads, model=model)
-    procs.append(replica.start())
-    replica.wait_until(llamacpp.ready(direct), timeout=llamacpp.READY_TIMEOUT_S)
-    env = {
-        "GATEWAY_PORT": str(gw_port),
-        "GATEWAY_BACKENDS": json.dumps([{"url": direct, "models": [llamacpp.MODEL]}]),
-        "GATEWAY_CACHE_ENABLED": "false",
-    }
-    gateway = Proc("gateway", [PYTHON, "-m", "gateway"], env=env, log_dir=LOG_DIR)
-    procs.append(gateway.start())
-    gateway.wait_until(lambda: http_ok(f"http://127.0.0.1:{gw_port}/readyz"), timeout=30)
-    return {"direct": direct + PATH, "gateway": f"http://127.0.0.1:{gw_port}{PATH}"}
+def start(harness: Harness, threads: int) -> dict[str, str]:
+    """One llama.cpp replica and a gateway in front of it (no cache)."""
+    _, direct = harness.llamacpp(threads=threads)
+    _, gateway = harness.gateway(
+        [direct], model=llamacpp.MODEL, ready_path="/readyz", cache_enabled="false"
+    )
+    return {"direct": direct + PATH, "gateway": gateway + PATH}
 
 
 def table(cells: list[Cell], args: argparse.Namespace) -> str:
@@ -176,16 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4]
     )
     args = parser.parse_args(argv)
-    procs: list[Proc] = []
     try:
-        urls = start(procs, args.threads)
-        cells = asyncio.run(measure(urls, args))
+        with Harness(LOG_DIR, fresh_logs=True) as harness:
+            urls = start(harness, args.threads)
+            cells = asyncio.run(measure(urls, args))
     except (RuntimeError, TimeoutError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
     print(table(cells, args))
     return 0
 

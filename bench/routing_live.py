@@ -57,7 +57,7 @@ from bench.routing_stack import (
 )
 from bench.runner import machine, terminate
 from bench.stats import md_table, percentile
-from deploy.local.procs import Proc
+from deploy.local.harness import Stack as Harness
 from gateway.balance.pool import DECODE_WEIGHT
 
 DECODE_WEIGHTS = {"B": 1.0, "b": DECODE_WEIGHT}  # run key -> PoolConfig.decode_weight
@@ -229,13 +229,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def run_ab_tables(args: argparse.Namespace, procs: list[Proc]) -> None:
-    a = start_stack("a", slow=False, gateway_env={}, procs=procs, decode_weight=DECODE_WEIGHT)
+async def run_ab_tables(args: argparse.Namespace, harness: Harness) -> None:
+    a = start_stack(harness, "a", slow=False, gateway_env={}, decode_weight=DECODE_WEIGHT)
     stacks = {"a": a}
     for key, weight in DECODE_WEIGHTS.items():
-        stacks[key] = start_stack(key, slow=True, gateway_env={}, procs=procs, decode_weight=weight)
+        stacks[key] = start_stack(harness, key, slow=True, gateway_env={}, decode_weight=weight)
     cells, ratios = await run_ab(stacks, args)
-    cold = await run_cold(start_stack("cold", slow=True, gateway_env={}, procs=procs), args)
+    cold = await run_cold(start_stack(harness, "cold", slow=True, gateway_env={}), args)
     print(f"\n## a / b: share and time to first token, {args.concurrency} streams in flight\n")
     print(share_table([*cells.values(), cold]))
     print()
@@ -245,18 +245,12 @@ async def run_ab_tables(args: argparse.Namespace, procs: list[Proc]) -> None:
     print(f"b cold: slow replica share {100 * cold.share(2):.2f}%")
 
 
-async def run_c_tables(args: argparse.Namespace, procs: list[Proc]) -> None:
+async def run_c_tables(args: argparse.Namespace, harness: Harness) -> None:
     env = dict(args.gateway_env)
-    out = await run_outage(start_stack("c", slow=False, gateway_env=env, procs=procs), args)
+    out = await run_outage(start_stack(harness, "c", slow=False, gateway_env=env), args)
     shown = " ".join(f"{k}={v}" for k, v in env.items()) or "defaults"
     print(f"\n## c: one of three replicas killed and restarted ({shown})\n")
     print(outage_tables(out))
-
-
-def stop_all(procs: list[Proc]) -> None:
-    for proc in reversed(procs):
-        proc.stop()
-    procs.clear()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,15 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.duration:g} s measured per run in slices {ORDER}; logs in {LOG_DIR}",
         flush=True,
     )
-    procs: list[Proc] = []
-    try:
-        if "ab" in args.runs:
-            asyncio.run(run_ab_tables(args, procs))
-            stop_all(procs)
-        if "c" in args.runs:
-            asyncio.run(run_c_tables(args, procs))
-    finally:
-        stop_all(procs)
+    if "ab" in args.runs:
+        with Harness(LOG_DIR) as harness:
+            asyncio.run(run_ab_tables(args, harness))
+    if "c" in args.runs:
+        with Harness(LOG_DIR) as harness:
+            asyncio.run(run_c_tables(args, harness))
     return 0
 
 

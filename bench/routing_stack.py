@@ -9,25 +9,27 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import aiohttp
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy.local.harness import HTTP_READY_S, MOCK_MODEL
+from deploy.local.harness import Stack as Harness
 from deploy.local.procs import PYTHON, ROOT, Proc, free_port, http_ok
 from gateway.app import create_app, pool_config
 from gateway.balance import Pool
 from gateway.settings import GatewaySettings
 from llmgw_common.logs import configure_logging
 
-MODEL = "mock-llama-3-8b"
-MOCK_ENV = {
-    "MOCKLLM_TTFT_MS": "20",
-    "MOCKLLM_INTER_TOKEN_MS": "5",
-    "MOCKLLM_OUTPUT_TOKENS": "32",
-    "MOCKLLM_MAX_CONCURRENCY": "256",
-    "MOCKLLM_MODELS": MODEL,
-    "MOCKLLM_LOG_LEVEL": "warning",
+MODEL = MOCK_MODEL  # "mock-llama-3-8b"
+MOCK_SETTINGS: dict[str, Any] = {  # MOCKLLM_<KEY>; the mocks serve MODEL
+    "ttft_ms": 20,
+    "inter_token_ms": 5,
+    "output_tokens": 32,
+    "max_concurrency": 256,
+    "log_level": "warning",
 }
 SLOW_TTFT_MS = 200
 LOG_DIR = ROOT / "var" / "log" / "bench-routing"
@@ -49,38 +51,37 @@ def healthy(url: str) -> Callable[[], bool]:
 
 
 def start_stack(
+    harness: Harness,
     tag: str,
     *,
     slow: bool,
     gateway_env: dict[str, str],
-    procs: list[Proc],
     decode_weight: float | None = None,
 ) -> Stack:
     """Three mock replicas (the third slow if asked) and a gateway, all on free ports.
 
-    With ``decode_weight`` the gateway is started by :func:`serve_gateway`.
-    """
+    With ``decode_weight`` the gateway is started by :func:`serve_gateway`: not
+    ``python -m gateway``, so not by the harness's ``gateway()``, but recorded by
+    the harness all the same."""
     replicas = []
     for i in range(3):
-        port = free_port()
-        env = {**MOCK_ENV, "MOCKLLM_PORT": str(port)}
-        if slow and i == 2:
-            env["MOCKLLM_TTFT_MS"] = str(SLOW_TTFT_MS)
-        proc = Proc(f"{tag}-mock{i}", [PYTHON, "-m", "mockllm"], env=env, log_dir=LOG_DIR)
-        procs.append(proc.start())
-        replicas.append((proc, f"http://127.0.0.1:{port}"))
-    for proc, url in replicas:
-        proc.wait_until(healthy(url), timeout=30)
+        ttft_ms = SLOW_TTFT_MS if slow and i == 2 else MOCK_SETTINGS["ttft_ms"]
+        settings = {**MOCK_SETTINGS, "ttft_ms": ttft_ms}
+        replicas.append(harness.mock(f"{tag}-mock{i}", **settings))
+    urls = [url for _, url in replicas]
+    if decode_weight is None:
+        own: dict[str, Any] = {
+            key.removeprefix("GATEWAY_").lower(): value for key, value in gateway_env.items()
+        }
+        _, url = harness.gateway(urls, f"{tag}-gateway", ready_path="/readyz", **own)
+        return Stack(replicas, url)
     port = free_port()
-    backends = [{"url": url, "models": [MODEL]} for _, url in replicas]
+    backends = [{"url": url, "models": [MODEL]} for url in urls]
     env = {"GATEWAY_PORT": str(port), "GATEWAY_BACKENDS": json.dumps(backends), **gateway_env}
-    argv = [PYTHON, "-m", "gateway"]
-    if decode_weight is not None:
-        argv = [PYTHON, "-m", "bench.routing_live", "--serve-gateway", str(decode_weight)]
-    gateway = Proc(f"{tag}-gateway", argv, env=env, log_dir=LOG_DIR)
-    procs.append(gateway.start())
+    argv = [PYTHON, "-m", "bench.routing_live", "--serve-gateway", str(decode_weight)]
     url = f"http://127.0.0.1:{port}"
-    gateway.wait_until(lambda: http_ok(f"{url}/readyz"), timeout=30)
+    gateway = Proc(f"{tag}-gateway", argv, env=env, log_dir=LOG_DIR)
+    harness.start(gateway, lambda: http_ok(f"{url}/readyz"), HTTP_READY_S)
     return Stack(replicas, url)
 
 

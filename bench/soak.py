@@ -30,23 +30,19 @@ import statistics
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 
 import psutil
 import redis
 
-from bench.soak_load import MODEL, Outcome, drive
+from bench.soak_load import Outcome, drive
 from bench.stats import percentile
+from deploy.local.harness import Stack as Harness
 from deploy.local.procs import (
-    PYTHON,
     ROOT,
     Proc,
     free_port,
-    grpc_serving,
     http_ok,
-    redis_proc,
-    redis_ready,
 )
 
 LOG_DIR = ROOT / "var" / "log" / "soak"
@@ -55,57 +51,29 @@ GROWTH_LIMIT = 0.10
 
 @dataclass
 class Stack:
-    procs: dict[str, Proc] = field(default_factory=dict)
-    gateway_url: str = ""
-    redis_port: int = 0
-
-    def stop(self) -> None:
-        for proc in reversed(list(self.procs.values())):
-            proc.stop()
+    procs: dict[str, Proc]  # by name, in start order
+    gateway_url: str
+    redis_port: int
 
 
-def _start(stack: Stack, name: str, proc: Proc, ready: object, timeout: float) -> None:
-    print(f"starting {name} ...", flush=True)
-    stack.procs[name] = proc.start()
-    proc.wait_until(ready, timeout=timeout)  # type: ignore[arg-type]
-
-
-def start_stack(stack: Stack, ttl_s: int) -> None:
-    ports = {n: free_port() for n in ("redis", "embedder", "cache", "mock-1", "mock-2", "gateway")}
-    stack.redis_port = ports["redis"]
-    server = redis_proc(ports["redis"], log_dir=LOG_DIR)
-    _start(stack, "redis", server, redis_ready(ports["redis"]), 15)
-
-    def proc(name: str, module: str, **env: str) -> Proc:
-        return Proc(name, [PYTHON, "-m", module], env=env, log_dir=LOG_DIR)
-
-    embedder = proc("embedder", "embedder", EMBEDDER_PORT=str(ports["embedder"]))
-    embedder.env["EMBEDDER_METRICS_PORT"] = "0"
-    _start(stack, "embedder", embedder, lambda: grpc_serving(ports["embedder"]), 300)
-    redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
-    cache = proc("cache", "semcache", CACHE_PORT=str(ports["cache"]), CACHE_REDIS_URL=redis_url)
-    cache.env["CACHE_METRICS_PORT"] = "0"
-    _start(stack, "cache", cache, lambda: grpc_serving(ports["cache"]), 120)
-    backends = []
-    for name in ("mock-1", "mock-2"):
-        url = f"http://127.0.0.1:{ports[name]}"
-        mock = proc(name, "mockllm", MOCKLLM_PORT=str(ports[name]), MOCKLLM_MODELS=MODEL)
-        _start(stack, name, mock, partial(http_ok, f"{url}/health"), 30)
-        backends.append({"url": url, "models": [MODEL]})
-    stack.gateway_url = f"http://127.0.0.1:{ports['gateway']}"
-    gateway = proc(
-        "gateway",
-        "gateway",
-        GATEWAY_PORT=str(ports["gateway"]),
-        GATEWAY_BACKENDS=json.dumps(backends),
-        GATEWAY_EMBEDDER_TARGET=f"127.0.0.1:{ports['embedder']}",
-        GATEWAY_CACHE_TARGET=f"127.0.0.1:{ports['cache']}",
-        GATEWAY_CACHE_TTL_S=str(ttl_s),
-        GATEWAY_CACHE_LOOKUP_BUDGET_MS="100",  # hits must not depend on the shared machine
-        GATEWAY_TTFT_TIMEOUT_S="2",
-        GATEWAY_LOG_REQUESTS="false",
+def start_stack(harness: Harness, ttl_s: int) -> Stack:
+    redis_port = free_port()
+    _, redis_url = harness.redis(port=redis_port, timeout=15)
+    _, embedder = harness.embedder()
+    _, cache = harness.cache(redis_url)
+    backends = [harness.mock(name)[1] for name in ("mock-1", "mock-2")]
+    _, gateway_url = harness.gateway(
+        backends,
+        ready_path="/readyz",
+        timeout=60,
+        embedder_target=embedder,
+        cache_target=cache,
+        cache_ttl_s=ttl_s,
+        cache_lookup_budget_ms=100,  # hits must not depend on the shared machine
+        ttft_timeout_s=2,
+        log_requests="false",
     )
-    _start(stack, "gateway", gateway, partial(http_ok, f"{stack.gateway_url}/readyz"), 60)
+    return Stack({proc.name: proc for proc in harness.procs}, gateway_url, redis_port)
 
 
 # -- faults and memory --------------------------------------------------------------------------
@@ -301,12 +269,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    stack = Stack()
-    try:
-        start_stack(stack, args.ttl_s)
+    with Harness(LOG_DIR, announce=True) as harness:
+        stack = start_stack(harness, args.ttl_s)
         return asyncio.run(soak(stack, args))
-    finally:
-        stack.stop()
 
 
 if __name__ == "__main__":

@@ -13,22 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.loadgen import CpuClock
-from bench.proxy import MOCK_ENV, MODEL
+from bench.proxy import MOCK_SETTINGS, MODEL
 from bench.runner import machine, run_loop, wait_for_quiet
+from deploy.local.harness import Stack as Harness
 from deploy.local.procs import (
     PYTHON,
     ROOT,
     Proc,
     free_port,
-    grpc_serving,
     http_ok,
-    redis_proc,
-    redis_ready,
 )
 
 LOG_DIR = ROOT / "var" / "log" / "bench" / "cache_path"
 # VERDICT: the verifier decides every paraphrase, whatever the load (a 1 s budget,
 # and the upstream never starts before the lookup has answered).
+READY_S = 60.0  # a gateway's readiness deadline
 VERDICT_ENV = {"GATEWAY_CACHE_LOOKUP_BUDGET_MS": "1000", "GATEWAY_CACHE_SPECULATIVE": "false"}
 
 
@@ -65,61 +64,22 @@ class Stack:
         }
 
 
-def _started(procs: list[Proc], proc: Proc, ready: Callable[[], bool], timeout: float) -> Proc:
-    (LOG_DIR / f"{proc.name}.log").unlink(missing_ok=True)  # Proc appends; keep one run's log
-    procs.append(proc.start())
-    return proc.wait_until(ready, timeout=timeout)
-
-
 def start_stack(
-    procs: list[Proc],
+    harness: Harness,
     cached_env: dict[str, str] | None = None,
     extra: dict[str, dict[str, str]] | None = None,
 ) -> Stack:
     """Redis, embedder, cache service, mock, then the gateways, on free loopback ports.
 
     ``extra``: more gateways with the sidecars (name -> their own settings)."""
-    for old in LOG_DIR.glob("redis-*.log"):  # named by port: one run's only
-        old.unlink()
     redis_port, embedder_port, cache_port, mock_port = (free_port() for _ in range(4))
     embedder_metrics_port, cache_metrics_port = free_port(), free_port()
-    redis = _started(
-        procs, redis_proc(redis_port, log_dir=LOG_DIR), redis_ready(redis_port), timeout=15
+    redis, redis_url = harness.redis(port=redis_port, timeout=15)
+    embedder, _ = harness.embedder(port=embedder_port, metrics_port=embedder_metrics_port)
+    cache, _ = harness.cache(
+        redis_url, port=cache_port, host="127.0.0.1", metrics_port=cache_metrics_port
     )
-    embedder_env = {
-        "EMBEDDER_PORT": str(embedder_port),
-        "EMBEDDER_METRICS_PORT": str(embedder_metrics_port),
-    }
-    embedder = _started(
-        procs,
-        Proc("embedder", [PYTHON, "-m", "embedder"], env=embedder_env, log_dir=LOG_DIR),
-        lambda: grpc_serving(embedder_port),
-        timeout=300,  # builds the int8 model on first use
-    )
-    cache_env = {
-        "CACHE_HOST": "127.0.0.1",
-        "CACHE_PORT": str(cache_port),
-        "CACHE_METRICS_PORT": str(cache_metrics_port),
-        "CACHE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-    }
-    cache = _started(
-        procs,
-        Proc("cache", [PYTHON, "-m", "semcache"], env=cache_env, log_dir=LOG_DIR),
-        lambda: grpc_serving(cache_port),
-        timeout=120,
-    )
-    mock = _started(
-        procs,
-        Proc(
-            "mock-llm",
-            [PYTHON, "-m", "mockllm"],
-            env={**MOCK_ENV, "MOCKLLM_PORT": str(mock_port)},
-            log_dir=LOG_DIR,
-        ),
-        lambda: http_ok(f"http://127.0.0.1:{mock_port}/health"),
-        timeout=30,
-    )
-    backends = json.dumps([{"url": f"http://127.0.0.1:{mock_port}", "models": [MODEL]}])
+    mock, mock_url = harness.mock("mock-llm", port=mock_port, **MOCK_SETTINGS)
     urls: dict[str, str] = {}
     gateways: dict[str, Proc] = {}
     sidecars = {
@@ -132,22 +92,9 @@ def start_stack(
         ("gateway-verdict", {**sidecars, **VERDICT_ENV}),
         *((f"gateway-{name}", {**sidecars, **env}) for name, env in (extra or {}).items()),
     ):
-        port = free_port()
-        env = {
-            "GATEWAY_PORT": str(port),
-            "GATEWAY_BACKENDS": backends,
-            "GATEWAY_LOG_REQUESTS": "true",
-            **own,
-        }
-        gateways[name] = _started(
-            procs,
-            Proc(name, [PYTHON, "-m", "gateway"], env=env, log_dir=LOG_DIR),
-            lambda p=port: http_ok(f"http://127.0.0.1:{p}/readyz"),  # type: ignore[misc]
-            timeout=60,
-        )
-        urls[name] = f"http://127.0.0.1:{port}"
+        gateways[name], urls[name] = gateway(harness, name, mock_url, own)
     return Stack(
-        procs,
+        harness.procs,
         redis,
         redis_port,
         embedder,
@@ -168,6 +115,30 @@ def start_stack(
     )
 
 
+def gateway(harness: Harness, name: str, mock_url: str, env: dict[str, str]) -> tuple[Proc, str]:
+    """A gateway in front of the mock, metrics and request logs on, with ``env`` on top.
+
+    ``env`` is ``GATEWAY_`` settings, which the harness takes as keywords; an
+    environment with anything else (cache_miss_cost's OLD gateway: ``PYTHONPATH``)
+    is started here, as the harness would, and recorded by it all the same."""
+    settings: dict[str, Any] = {"log_requests": "true"}
+    if all(key.startswith("GATEWAY_") for key in env):
+        settings |= {key.removeprefix("GATEWAY_").lower(): v for key, v in env.items()}
+        return harness.gateway([mock_url], name, ready_path="/readyz", timeout=READY_S, **settings)
+    port = free_port()
+    backends = json.dumps([{"url": mock_url, "models": [MODEL]}])
+    proc_env = {
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_BACKENDS": backends,
+        "GATEWAY_LOG_REQUESTS": "true",
+        **env,
+    }
+    proc = Proc(name, [PYTHON, "-m", "gateway"], env=proc_env, log_dir=LOG_DIR)
+    url = f"http://127.0.0.1:{port}"
+    harness.start(proc, lambda: http_ok(f"{url}/readyz"), READY_S)
+    return proc, url
+
+
 def measured(
     args: argparse.Namespace,
     measure: Callable[[Stack, argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]],
@@ -179,14 +150,10 @@ def measured(
     machine and the load average before starting."""
     load_wait = wait_for_quiet(args.load_below, args.wait_load)
     info = machine()
-    procs: list[Proc] = []
-    try:
+    with Harness(LOG_DIR, fresh_logs=True) as harness:
         started = time.monotonic()
         print("starting redis, embedder, cache service, mock, gateways ...", file=sys.stderr)
-        stack = start_stack(procs, cached_env, extra)
+        stack = start_stack(harness, cached_env, extra)
         print(f"  up in {time.monotonic() - started:.1f} s", file=sys.stderr)
         result = run_loop(measure(stack, args))
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
     return {**result, "machine": info, "load_wait": load_wait}
