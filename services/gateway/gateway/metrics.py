@@ -88,6 +88,18 @@ class GatewayMetrics:
             "Retries refused by the retry budget",
             registry=registry,
         )
+        self.hedges = Counter(
+            "gateway_hedges",
+            "Streams hedged on a second endpoint (a late first token), by which attempt"
+            " answered: first, hedge, or none (both failed)",
+            ["winner"],
+            registry=registry,
+        )
+        self.hedge_budget_exhausted = Counter(
+            "gateway_hedge_budget_exhausted",
+            "Hedges refused by the hedge budget",
+            registry=registry,
+        )
         self.panic_routings = Counter(
             "gateway_panic_routings",
             "Requests routed while every endpoint was ejected",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.balance.affinity import AffinityConfig
 from gateway.balance.breaker import BreakerConfig
 from gateway.balance.config import PoolConfig
+from gateway.balance.hedge import HedgeConfig
 from gateway.balance.retry_budget import RetryBudgetConfig
 from gateway.tenancy import AuthConfig, LimitsConfig, RedisKeysConfig, hash_key
 
 
 def _default(config: type, name: str) -> Any:
     """The default a component's config states for ``name``."""
-    return {field.name: field.default for field in dataclasses.fields(config)}[name]
+    field = {field.name: field for field in dataclasses.fields(config)}[name]
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
 
 
 class BackendConfig(BaseModel):
@@ -154,6 +159,27 @@ class GatewaySettings(BaseSettings):
     breaker_probes: int = Field(
         _default(BreakerConfig, "probes"), ge=1, description="half-open successes needed to close"
     )
+    hedge: bool = Field(
+        _default(HedgeConfig, "enabled"),
+        description="a stream whose first token is late is tried on a second endpoint too",
+    )
+    hedge_quantile: float = Field(
+        _default(HedgeConfig, "quantile"),
+        gt=0,
+        lt=1,
+        description="late: past this quantile of recent first tokens (endpoint's or pool's)",
+    )
+    hedge_min_delay_ms: float = Field(
+        _default(HedgeConfig, "min_delay_s") * 1000, ge=0, description="never hedge sooner"
+    )
+    hedge_initial_delay_ms: float = Field(
+        _default(HedgeConfig, "initial_delay_s") * 1000,
+        ge=0,
+        description="the delay before enough first tokens are known (0: no hedge until then)",
+    )
+    hedge_budget_ratio: float = Field(
+        _default(HedgeConfig, "budget").ratio, ge=0, le=1, description="hedges / recent requests"
+    )
     engine_metrics: bool = Field(True, description="poll vLLM /metrics for queue depth")
 
     # Sidecars (gRPC targets; "dns:///name:port" balances over every address of a
@@ -254,6 +280,13 @@ class GatewaySettings(BaseSettings):
             ),
             retry_budget=RetryBudgetConfig(
                 ratio=self.retry_budget_ratio, min_per_s=self.retry_budget_min_per_s
+            ),
+            hedge=HedgeConfig(
+                enabled=self.hedge,
+                quantile=self.hedge_quantile,
+                min_delay_s=self.hedge_min_delay_ms / 1000,
+                initial_delay_s=self.hedge_initial_delay_ms / 1000,
+                budget=replace(_default(HedgeConfig, "budget"), ratio=self.hedge_budget_ratio),
             ),
         )
 

@@ -58,9 +58,9 @@ async def make_gateway() -> AsyncIterator[MakeGateway]:
     stack = contextlib.AsyncExitStack()
 
     async def make(
-        backends: list[dict[str, Any]], tracing: Any = None, **settings: Any
+        backends: list[dict[str, Any]], tracing: Any = None, pool: Any = None, **settings: Any
     ) -> httpx.AsyncClient:
-        app = create_app(GatewaySettings(backends=backends, **settings), tracing=tracing)
+        app = create_app(GatewaySettings(backends=backends, **settings), tracing=tracing, pool=pool)
         await stack.enter_async_context(app.router.lifespan_context(app))
         transport = httpx.ASGITransport(app=app)
         client = httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from gateway.balance.affinity import AffinityConfig
 from gateway.balance.breaker import BreakerConfig
 from gateway.balance.engine import EngineConfig
+from gateway.balance.hedge import HedgeConfig
 from gateway.balance.retry_budget import RetryBudgetConfig
 
 DECODE_WEIGHT = 0.1  # see docs/routing.md, "decode weight"
@@ -28,3 +29,4 @@ class PoolConfig:
     retry_budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
+    hedge: HedgeConfig = field(default_factory=HedgeConfig)

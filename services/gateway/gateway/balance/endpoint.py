@@ -42,6 +42,7 @@ from gateway.balance.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from gateway.balance.engine import EngineConfig, EngineStats, extra_pending
 from gateway.balance.peak_ewma import PeakEwma
 from gateway.balance.prefix_index import BlockIndex
+from gateway.balance.recent import RecentSamples
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Endpoint:
         "engine",
         "pending",
         "prefixes",
+        "recent_ttft",
         "spec",
         "ttft",
         "unary",
@@ -94,6 +96,7 @@ class Endpoint:
         self.spec = spec
         self.prefixes = BlockIndex(prefix_capacity)  # prompt blocks probably cached there
         self.ttft = PeakEwma(tau_s, default_rtt_s, now)  # streams: time to first token
+        self.recent_ttft = RecentSamples()  # the same samples, for the hedge delay
         self.whole = PeakEwma(tau_s, default_rtt_s, now)  # non-streamed: whole response
         self.breaker = CircuitBreaker(breaker, now)
         self.pending = 0  # attempts from acquire to release, of both kinds
@@ -117,6 +120,7 @@ class Endpoint:
             self.ttft.reset(0.0, now)
             self.whole.reset(0.0, now)
             self.prefixes.clear()  # it was down: it may have restarted with an empty cache
+            self.recent_ttft.clear()
 
     def eligible(self, now: float) -> bool:
         self.sync(now)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from gateway.balance.config import PoolConfig
 from gateway.balance.endpoint import Endpoint
 from gateway.balance.outcome import Outcome
+from gateway.balance.recent import RecentSamples
 
 Clock = Callable[[], float]
 
@@ -34,6 +35,7 @@ class Lease:
         "_ep",
         "_on_drained",
         "_owed",
+        "_pool_ttft",
         "_prefill_s",
         "_released",
         "_start",
@@ -55,7 +57,9 @@ class Lease:
         clock: Clock,
         config: PoolConfig,
         on_drained: Callable[[Endpoint], None],
+        pool_ttft: RecentSamples | None = None,
     ) -> None:
+        self._pool_ttft = pool_ttft
         self._clock = clock
         self._config = config
         self._on_drained = on_drained
@@ -84,7 +88,31 @@ class Lease:
             self._ttft = now - self._start
             sample = max(self._ttft - self._prefill_s, PREFILL_FLOOR * self._ttft)
             self._ep.ttft.observe(sample, now)
+            self._ep.recent_ttft.observe(sample)
+            if self._pool_ttft is not None:
+                self._pool_ttft.observe(sample)
             self._ep.waiting.pop(self, None)
+
+    @property
+    def prefill_s(self) -> float:
+        """The prefill expected for the prompt's part this endpoint has not cached."""
+        return self._prefill_s
+
+    @property
+    def started(self) -> float:
+        return self._start
+
+    def outrun(self) -> None:
+        """Another endpoint answered this request first (a hedge race): this attempt
+        had waited this long without a first token. When that is more than the
+        endpoint's TTFT cost, it is a sample (a lower bound, so the cost only
+        rises); the breaker hears nothing. Release the lease as cancelled after."""
+        if not self.stream or self._ttft is not None or self._released:
+            return
+        now = self._clock()
+        waited = now - self._start
+        if waited > self._ep.ttft.cost(now):
+            self._ep.ttft.observe(waited, now)
 
     def release(
         self, outcome: Outcome, retry_after_s: float | None = None, *, defer_blame: bool = False

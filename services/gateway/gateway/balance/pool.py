@@ -32,9 +32,11 @@ from gateway.balance.config import DECODE_WEIGHT, PoolConfig
 from gateway.balance.endpoint import Endpoint, EndpointSpec
 from gateway.balance.engine import EngineStats
 from gateway.balance.errors import NoEndpoint, UnknownModel
+from gateway.balance.hedge import hedge_delay
 from gateway.balance.lease import Clock, Lease
 from gateway.balance.p2c import PowerOfTwoChoices, two_distinct
 from gateway.balance.prefix import BLOCK_TOKENS, PromptPrefix
+from gateway.balance.recent import RecentSamples
 from gateway.balance.retry_budget import RetryBudget
 
 __all__ = ["DECODE_WEIGHT", "EndpointSpec", "EndpointState", "Lease", "Pool", "PoolConfig"]
@@ -70,6 +72,8 @@ class Pool:
         self._rng = rng if rng is not None else random.Random()
         self._p2c = PowerOfTwoChoices(self._rng)
         self._budget = RetryBudget(config.retry_budget)
+        self._hedge_budget = RetryBudget(config.hedge.budget)
+        self._pool_ttft = RecentSamples(256)  # every endpoint's first tokens, for hedging
         self._endpoints: dict[str, Endpoint] = {}
         self._by_model: dict[str, list[Endpoint]] = {}
         self.update(specs)
@@ -186,6 +190,7 @@ class Pool:
             raise UnknownModel(model)
         now = self._clock()
         self._budget.record_request(now)
+        self._hedge_budget.record_request(now)
         panic = False
         ep = None
         blocks = prefix.blocks if prefix is not None and self._config.affinity.enabled else ()
@@ -216,11 +221,24 @@ class Pool:
             clock=self._clock,
             config=self._config,
             on_drained=self._drop_drained,
+            pool_ttft=self._pool_ttft,
         )
 
     def can_retry(self) -> bool:
         """Whether the retry budget allows one more retry; counts it when it does."""
         return self._budget.try_retry(self._clock())
+
+    def hedge_delay(self, lease: Lease) -> float | None:
+        """How long ``lease``'s stream may wait for a first token before a hedge
+        (:mod:`gateway.balance.hedge`); None: never."""
+        if not lease.stream:
+            return None
+        own = lease._ep.recent_ttft
+        return hedge_delay(self._config.hedge, own, self._pool_ttft, lease.prefill_s)
+
+    def can_hedge(self) -> bool:
+        """Whether the hedge budget allows one more hedge; counts it when it does."""
+        return self._hedge_budget.try_retry(self._clock())
 
     def _load(self, ep: Endpoint, now: float, stream: bool) -> float:
         config = self._config

@@ -15,22 +15,26 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
-import orjson
 
 from gateway.balance.errors import NoEndpoint, UnknownModel
 from gateway.balance.outcome import ErrorKind, Outcome, classify, is_context_overflow
 from gateway.balance.pool import Lease, Pool
 from gateway.errors import (
     GatewayError,
-    InvalidRequest,
     ModelNotFound,
     NoBackendAvailable,
-    RateLimited,
     RequestFailedEverywhere,
     UpstreamError,
     UpstreamTimeout,
 )
 from gateway.metrics import GatewayMetrics
+from gateway.proxy.backend_errors import (
+    context_error,
+    error_message,
+    retry_after,
+    sanitize_error,
+    upstream_error,
+)
 from gateway.proxy.call import Call
 from gateway.settings import GatewaySettings
 
@@ -64,6 +68,7 @@ class _Retryable(Exception):
         self.error = error
         self.retry_after = retry_after
         self.status = status
+        self.lease: Lease | None = None  # the attempt that failed
 
 
 class Upstream:
@@ -113,6 +118,8 @@ class Upstream:
         charged, it is not retried again, and the client gets a 502 that tells
         SDKs not to retry. With no second opinion (no other endpoint, no retry
         budget, the client left) nobody is charged: blame needs evidence.
+
+        A stream whose first token is late is hedged (:meth:`_answer`).
         """
         tried: list[str] = []
         suspects: list[Lease] = []
@@ -127,28 +134,111 @@ class Upstream:
             tried.append(lease.endpoint.name)
             call.attempts += 1
             try:
-                opened = await self._attempt(lease, call)
+                opened = await self._answer(lease, call, tried, suspects)
             except _Retryable as failure:
-                deferred = failure.status in REQUEST_FAULT_STATUSES
-                lease.release(failure.outcome, failure.retry_after, defer_blame=deferred)
-                self._metrics.upstream.labels(lease.endpoint.name, failure.outcome).inc()
                 last = failure.error
-                if deferred and suspects:  # never charged: their held failures are dropped
+                if self._failed(failure, suspects):
                     raise _request_failed(failure.error) from None
-                if deferred:
-                    suspects.append(lease)
                 self._metrics.retries.labels(failure.outcome).inc()
                 continue
-            except BaseException:
-                lease.release(Outcome.CANCELLED)
-                raise
             if opened.status < 400:  # another endpoint answered: the earlier 5xx were theirs
                 for suspect in suspects:
                     suspect.blame()
             return opened
         raise last
 
-    def _acquire(self, call: Call, tried: list[str]) -> Lease | None:
+    def _failed(self, failure: _Retryable, suspects: list[Lease]) -> bool:
+        """Release a failed attempt; True when the request itself is at fault (a second
+        endpoint failed it the way the first did: neither is charged)."""
+        lease = failure.lease
+        assert lease is not None
+        deferred = failure.status in REQUEST_FAULT_STATUSES
+        lease.release(failure.outcome, failure.retry_after, defer_blame=deferred)
+        self._metrics.upstream.labels(lease.endpoint.name, failure.outcome).inc()
+        if deferred and suspects:  # never charged: their held failures are dropped
+            return True
+        if deferred:
+            suspects.append(lease)
+        return False
+
+    async def _answer(
+        self, lease: Lease, call: Call, tried: list[str], suspects: list[Lease]
+    ) -> Opened:
+        """One attempt on ``lease``, hedged when it is a stream whose first token is late.
+
+        Past the pool's hedge delay (``balance.hedge``), and within the hedge
+        budget, a second attempt starts on another endpoint; the first of the
+        two to produce its first chunk answers and the other is cancelled (its
+        connection closed, so the server stops; a lower bound on its time to
+        first token is kept, see ``Lease.outrun``). An attempt that fails
+        while the other runs is released as any failed attempt is; when the
+        last one fails, its failure is raised for :meth:`open` to fail over.
+        Nothing is hedged once the client has a byte: this all happens
+        before the first chunk is returned.
+        """
+        delay = self._pool.hedge_delay(lease) if call.stream else None
+        if delay is None:
+            try:
+                return await self._attempt(lease, call)
+            except _Retryable:
+                raise
+            except BaseException:
+                lease.release(Outcome.CANCELLED)
+                raise
+        first = asyncio.ensure_future(self._attempt(lease, call))
+        running: dict[asyncio.Future[Opened], tuple[Lease, float, str]] = {
+            first: (lease, time.perf_counter(), lease.endpoint.name)
+        }
+        hedged = False
+        try:
+            await asyncio.wait((first,), timeout=delay)
+            if not first.done():
+                hedged = self._hedge(call, tried, running)
+            while True:
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    held, started, name = running.pop(task)
+                    failure = task.exception()
+                    if failure is None:
+                        call.upstream_started, call.endpoint = started, name
+                        if hedged:
+                            winner = "hedge" if task is not first else "first"
+                            self._metrics.hedges.labels(winner).inc()
+                        return task.result()
+                    if not isinstance(failure, _Retryable):
+                        held.release(Outcome.CANCELLED)
+                        raise failure
+                    if not running:
+                        if hedged:
+                            self._metrics.hedges.labels("none").inc()
+                        raise failure
+                    if self._failed(failure, suspects):
+                        raise _request_failed(failure.error) from None
+        finally:
+            for task, (held, _, name) in running.items():
+                await _cancel(task, held)
+                self._metrics.upstream.labels(name, Outcome.CANCELLED).inc()
+
+    def _hedge(
+        self,
+        call: Call,
+        tried: list[str],
+        running: dict[asyncio.Future[Opened], tuple[Lease, float, str]],
+    ) -> bool:
+        """Start a hedge on another endpoint, if the budget and the pool allow one."""
+        if not self._pool.can_hedge():
+            self._metrics.hedge_budget_exhausted.inc()
+            return False
+        second = self._acquire(call, tried, hedge=True)
+        if second is None:
+            return False
+        tried.append(second.endpoint.name)
+        call.attempts += 1
+        task = asyncio.ensure_future(self._attempt(second, call))
+        running[task] = (second, time.perf_counter(), second.endpoint.name)
+        return True
+
+    def _acquire(self, call: Call, tried: list[str], *, hedge: bool = False) -> Lease | None:
         try:
             lease = self._pool.acquire(call.model, tried, stream=call.stream, prefix=call.prefix)
         except UnknownModel as exc:
@@ -156,11 +246,21 @@ class Upstream:
         except NoEndpoint:
             return None
         if lease.panic:
+            if hedge:  # a hedge goes to a healthy endpoint or nowhere
+                lease.release(Outcome.CANCELLED)
+                return None
             self._metrics.panic_routings.labels(call.model).inc()
         call.endpoint = lease.endpoint.name
         return lease
 
     async def _attempt(self, lease: Lease, call: Call) -> Opened:
+        try:
+            return await self._try(lease, call)
+        except _Retryable as failure:
+            failure.lease = lease
+            raise
+
+    async def _try(self, lease: Lease, call: Call) -> Opened:
         url = lease.endpoint.url + call.route
         call.upstream_started = time.perf_counter()
         try:
@@ -212,9 +312,9 @@ class Upstream:
         answered with a 500 (held back, blamed on the request if it repeats).
         """
         event = first.split(b"\n\n", 1)[0].removeprefix(b"data: ")
-        message = _message(event) or ""
+        message = error_message(event) or ""
         if is_context_overflow(message):
-            return Opened(lease, 400, "application/json", None, _context_error(event))
+            return Opened(lease, 400, "application/json", None, context_error(event))
         raise _Retryable(Outcome.STREAM_ERROR_EVENT, upstream_error(500, event), status=500)
 
     async def _unary(self, lease: Lease, url: str, call: Call) -> Opened:
@@ -231,14 +331,14 @@ class Upstream:
         call.upstream_ended = time.perf_counter()
         status = response.status
         outcome = classify(status)
-        if status >= 400 and is_context_overflow(_message(body) or ""):
-            status, body = 400, _context_error(body)  # the client's, whatever the backend said
+        if status >= 400 and is_context_overflow(error_message(body) or ""):
+            status, body = 400, context_error(body)  # the client's, whatever the backend said
             return Opened(lease, status, "application/json", None, body)
         if outcome in (Outcome.SERVER_ERROR, Outcome.RATE_LIMITED):
             raise _Retryable(
                 outcome,
                 upstream_error(status, body),
-                retry_after=_retry_after(response) if status == 429 else None,
+                retry_after=retry_after(response) if status == 429 else None,
                 status=status,
             )
         content_type = response.headers.get("Content-Type", "application/json")
@@ -247,67 +347,25 @@ class Upstream:
         return Opened(lease, status, content_type, None, body)
 
 
-def _message(body: bytes) -> str | None:
-    """A backend error's message (the OpenAI ``error.message``, TGI's ``error``), first line."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    error = data.get("error")
-    message = error.get("message") if isinstance(error, dict) else error
-    if not isinstance(message, str):
-        return None
-    return message.split("\nTraceback", 1)[0].split("\n", 1)[0][:300]
-
-
-def _context_error(body: bytes) -> bytes:
-    message = _message(body) or "The prompt is longer than the model's context"
-    return InvalidRequest(message, code="context_length_exceeded").body()
-
-
 def _request_failed(error: GatewayError) -> RequestFailedEverywhere:
     return RequestFailedEverywhere(
         f"The request failed on two model servers ({error.message}); it is not retried"
     )
 
 
-def _retry_after(response: aiohttp.ClientResponse) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+async def _cancel(task: asyncio.Future[Opened], lease: Lease) -> None:
+    """Stop an attempt a hedge race no longer needs and free its endpoint.
 
-
-def upstream_error(status: int, body: bytes) -> GatewayError:
-    """What the client is told when every endpoint failed with ``status``."""
-    if status == 429:
-        return RateLimited("Every model server is rate limiting; retry later", retry_after=1)
-    message = _message(body)
-    if message and "Traceback" not in message and 'File "' not in message:
-        return UpstreamError(f"The model server answered {status}: {message}")
-    return UpstreamError(f"The model server answered {status}")
-
-
-def sanitize_error(status: int, body: bytes) -> bytes:
-    """A backend's 4xx in the OpenAI shape; never its traceback or internals."""
-    try:
-        data = orjson.loads(body)
-        error = data.get("error") if isinstance(data, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            message = error["message"].split("\nTraceback", 1)[0][:500]
-            return orjson.dumps(
-                {
-                    "error": {
-                        "message": message,
-                        "type": str(error.get("type") or "invalid_request_error"),
-                        "param": error.get("param"),
-                        "code": error.get("code"),
-                    }
-                }
-            )
-    except orjson.JSONDecodeError:
-        pass
-    return InvalidRequest(f"The model server rejected the request ({status})").body()
+    Cancelled, it closes its connection; one that had already answered is
+    closed unread. A stream still owed its first token leaves a lower bound
+    on its time to first token (``Lease.outrun``); the breaker hears nothing.
+    """
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))
+    if not task.cancelled() and task.exception() is None:
+        opened = task.result()
+        if opened.response is not None:
+            opened.response.close()
+    lease.outrun()
+    lease.release(Outcome.CANCELLED)

@@ -1,0 +1,139 @@
+"""Hedged first tokens through the whole gateway, against real mock servers.
+
+The pool is told which endpoint to try first (the slow one), so the race is
+deterministic; everything after (the hedge delay, the second endpoint, the
+winner, the loser's connection closed) is the gateway's own doing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from typing import Any
+
+import httpx
+
+from gateway.balance.config import PoolConfig
+from gateway.balance.hedge import HedgeConfig
+from gateway.balance.lease import Lease
+from gateway.balance.pool import Pool
+from gateway.balance.retry_budget import RetryBudgetConfig
+from gateway.protocol.calls import Kind
+from gwkit import MakeBackend, MakeGateway, backend, chat, content
+
+
+class FirstTry(Pool):
+    """A pool whose first attempt at a request goes to ``first`` (the rest as usual)."""
+
+    def __init__(self, config: PoolConfig, first: str) -> None:
+        super().__init__(config)
+        self.first = first
+
+    def acquire(self, model: str, exclude: Collection[str] = (), **kw: Any) -> Lease:
+        if not exclude:
+            others = [s.name for s in self.snapshot() if s.name != self.first]
+            return super().acquire(model, others, **kw)
+        return super().acquire(model, exclude, **kw)
+
+
+def hedging(
+    delay_s: float = 0.05, ratio: float = 1.0, min_per_s: float = 100.0, enabled: bool = True
+) -> PoolConfig:
+    return PoolConfig(
+        hedge=HedgeConfig(
+            enabled=enabled,
+            min_samples=10**6,  # never learned here: the initial delay rules
+            initial_delay_s=delay_s,
+            budget=RetryBudgetConfig(ratio=ratio, min_per_s=min_per_s),
+        )
+    )
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def stream(gw: httpx.AsyncClient) -> tuple[float, str]:
+    """Seconds to the first body bytes, and the whole text."""
+    started = time.perf_counter()
+    first = 0.0
+    body = ""
+    async with gw.stream("POST", Kind.CHAT.route, json=chat("hi", stream=True)) as reply:
+        assert reply.status_code == 200
+        async for text in reply.aiter_text():
+            first = first or time.perf_counter() - started
+            body += text
+    return first, body
+
+
+async def test_a_late_first_token_is_won_by_the_hedge_and_the_slow_attempt_stopped(
+    make_backend: MakeBackend, make_gateway: MakeGateway
+) -> None:
+    slow = await make_backend(ttft_ms=3000)
+    fast = await make_backend(ttft_ms=5)
+    gw = await make_gateway(
+        [backend(slow), backend(fast)], pool=FirstTry(hedging(0.05), first=slow)
+    )
+    first, body = await stream(gw)
+    assert first < 1.0, "answered by the hedge, not after the slow first token"
+    assert "[DONE]" in body and content(body)
+    text = (await gw.get("/metrics")).text
+    assert metric(text, "gateway_hedges_total", winner="hedge") == 1
+    assert metric(text, "gateway_upstream_attempts_total", endpoint=slow, outcome="cancelled") == 1
+    assert metric(text, "gateway_upstream_attempts_total", endpoint=fast, outcome="success") == 1
+
+
+async def test_when_the_first_attempt_answers_first_the_hedge_is_cancelled(
+    make_backend: MakeBackend, make_gateway: MakeGateway
+) -> None:
+    first_ep = await make_backend(ttft_ms=200)
+    slower = await make_backend(ttft_ms=3000)
+    gw = await make_gateway(
+        [backend(first_ep), backend(slower)], pool=FirstTry(hedging(0.05), first=first_ep)
+    )
+    first, body = await stream(gw)
+    assert 0.15 < first < 1.0 and "[DONE]" in body
+    text = (await gw.get("/metrics")).text
+    assert metric(text, "gateway_hedges_total", winner="first") == 1
+    assert (
+        metric(text, "gateway_upstream_attempts_total", endpoint=slower, outcome="cancelled") == 1
+    )
+
+
+async def test_no_hedge_beyond_the_budget_or_for_a_non_streamed_request(
+    make_backend: MakeBackend, make_gateway: MakeGateway
+) -> None:
+    slow = await make_backend(ttft_ms=400)
+    fast = await make_backend(ttft_ms=5)
+    no_budget = hedging(0.05, ratio=0.0, min_per_s=0.0)
+    gw = await make_gateway([backend(slow), backend(fast)], pool=FirstTry(no_budget, first=slow))
+    first, _ = await stream(gw)
+    assert first >= 0.35, "the slow first token was waited for"
+    text = (await gw.get("/metrics")).text
+    assert metric(text, "gateway_hedges_total") == 0
+    assert metric(text, "gateway_hedge_budget_exhausted_total") == 1
+
+    gw = await make_gateway(
+        [backend(slow), backend(fast)], pool=FirstTry(hedging(0.05), first=slow)
+    )
+    reply = await gw.post(Kind.CHAT.route, json=chat("hi"))
+    assert reply.status_code == 200
+    assert metric((await gw.get("/metrics")).text, "gateway_hedges_total") == 0
+
+
+async def test_hedging_off_waits_for_the_first_attempt(
+    make_backend: MakeBackend, make_gateway: MakeGateway
+) -> None:
+    slow = await make_backend(ttft_ms=400)
+    fast = await make_backend(ttft_ms=5)
+    gw = await make_gateway(
+        [backend(slow), backend(fast)], pool=FirstTry(hedging(enabled=False), first=slow)
+    )
+    first, _ = await stream(gw)
+    assert first >= 0.35
+    assert metric((await gw.get("/metrics")).text, "gateway_hedges_total") == 0
