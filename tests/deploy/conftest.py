@@ -8,14 +8,10 @@ alerts rely on are started here, on free loopback ports, and scraped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,9 +21,10 @@ import httpx
 import pytest
 import yaml
 from aiohttp.test_utils import TestServer
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic_settings import BaseSettings
 
+from deploy.local.harness import Stack
+from deploy.local.procs import PYTHON, Proc, free_port, grpc_serving
 from embedder.settings import EmbedderSettings
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
@@ -35,6 +32,8 @@ from llmgw.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from mockllm.app import create_app as create_mock
 from mockllm.settings import Settings as MockSettings
 from semcache.settings import CacheSettings
+from tests.deploy import compose_file
+from tests.deploy.k8s_docs import Docs
 
 REPO = Path(__file__).resolve().parents[2]
 MOCK_MODEL = "mock-llama-3-8b"
@@ -46,12 +45,6 @@ SETTINGS_BY_PREFIX: dict[str, type[BaseSettings]] = {
     "CACHE_": CacheSettings,
     "MOCKLLM_": MockSettings,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -76,6 +69,20 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load((REPO / "deploy/compose.yml").read_text())
 
 
+@pytest.fixture
+def settings_of(
+    compose: dict[str, Any], settings_from_env: Callable[..., BaseSettings]
+) -> Callable[[str], Any]:
+    """A compose service's settings, built from its environment as the service would."""
+
+    def build(service: str) -> Any:
+        return settings_from_env(
+            compose_file.SETTINGS[service], compose_file.env_of(compose, service)
+        )
+
+    return build
+
+
 def _render(overlay: Path) -> list[dict[str, Any]]:
     out = subprocess.run(
         ["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60
@@ -91,6 +98,12 @@ OVERLAYS = sorted(p.name for p in (REPO / "deploy/k8s/overlays").iterdir() if p.
 def rendered() -> dict[str, list[dict[str, Any]]]:
     """Every overlay under deploy/k8s/overlays, rendered by ``kubectl kustomize``."""
     return {name: _render(REPO / "deploy/k8s/overlays" / name) for name in OVERLAYS}
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest, rendered: dict[str, Docs]) -> Docs:
+    """Each overlay's rendered objects in turn."""
+    return rendered[request.param]
 
 
 # --- the services' real /metrics ------------------------------------------
@@ -126,76 +139,39 @@ async def _scrape_gateway_and_mock() -> tuple[str, str]:
         await mock.close()
 
 
-def _wait_serving(port: int, within_s: float = 60.0) -> None:  # a loaded CI host is slow
-    deadline = time.monotonic() + within_s
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"gRPC health on {port} never became SERVING")
-            time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def running(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        args,
-        env={**os.environ, **env},
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _scrape(port: int) -> str:
     return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
 
 
-def _scrape_embedder() -> str:
+def _scrape_embedder(log_dir: Path) -> str:
+    """The real embedder process with a stand-in model (``embedder_with_fake_model.py``)."""
     grpc_port, metrics_port = free_port(), free_port()
     script = str(Path(__file__).with_name("embedder_with_fake_model.py"))
-    with running([sys.executable, script, str(grpc_port), str(metrics_port)], {}):
-        _wait_serving(grpc_port)
+    argv = [PYTHON, script, str(grpc_port), str(metrics_port)]
+    with Stack(log_dir) as stack:
+        ready = functools.partial(grpc_serving, grpc_port)
+        stack.start(Proc("embedder", argv, log_dir=log_dir), ready, timeout=60)
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
             stub.Embed(embedder_pb2.EmbedRequest(texts=["one text", "another one"]), timeout=5)
         return _scrape(metrics_port)
 
 
-def _scrape_cache() -> str:
+def _scrape_cache(log_dir: Path) -> str:
     """``python -m semcache`` as deployed, on the embedded store."""
-    grpc_port, metrics_port = free_port(), free_port()
-    env = {
-        "CACHE_HOST": "127.0.0.1",
-        "CACHE_PORT": str(grpc_port),
-        "CACHE_METRICS_PORT": str(metrics_port),
-        "CACHE_REDIS_URL": "",
-    }
-    with running([sys.executable, "-m", "semcache"], env):
-        _wait_serving(grpc_port)
+    metrics_port = free_port()
+    with Stack(log_dir) as stack:
+        stack.cache(host="127.0.0.1", metrics_port=metrics_port)
         return _scrape(metrics_port)
 
 
 @pytest.fixture(scope="session")
-def service_metrics() -> dict[str, str]:
+def service_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Each service's /metrics text, keyed by compose/job-like service name."""
+    log_dir = tmp_path_factory.mktemp("service-metrics-logs")
     with ThreadPoolExecutor(2) as pool:  # the two processes start side by side
-        embedder, cache = pool.submit(_scrape_embedder), pool.submit(_scrape_cache)
+        embedder = pool.submit(_scrape_embedder, log_dir)
+        cache = pool.submit(_scrape_cache, log_dir)
         gateway, mock = asyncio.run(_scrape_gateway_and_mock())
         return {
             "gateway": gateway,
