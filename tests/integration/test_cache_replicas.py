@@ -13,13 +13,14 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
+from deploy.local.harness import wait_for
 from deploy.local.procs import Proc, free_port, grpc_serving, redis_proc, redis_ready
 from llmgw.cache.v1 import cache_pb2 as pb
 from llmgw.cache.v1 import cache_pb2_grpc
@@ -74,16 +75,6 @@ class Replica:
         return self.stub.Lookup(pb.LookupRequest(namespace=ns, exact_key=key), timeout=5)
 
 
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Seconds until ``check()`` held; fails the test after ``timeout``."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"not true after {timeout}s")
-        time.sleep(0.02)
-    return time.monotonic() - started
-
-
 @pytest.fixture
 def replicas(redis_url: str, log_dir: Path) -> Iterator[tuple[Replica, Replica]]:
     env = {"CACHE_REDIS_URL": redis_url, "CACHE_SWEEP_INTERVAL_S": "0.2"}
@@ -106,7 +97,7 @@ def test_an_entry_stored_through_one_replica_is_found_through_the_other(
         entry_id,
         b"answer 1",
     )
-    eventually(lambda: b.semantic("ns", 1).kind == pb.HIT_KIND_SEMANTIC, timeout=1.0)
+    wait_for(lambda: b.semantic("ns", 1).kind == pb.HIT_KIND_SEMANTIC, "a hit on b", 1.0)
     hit = b.semantic("ns", 1)
     assert (hit.entry_id, hit.response) == (entry_id, b"answer 1")
     assert hit.similarity == pytest.approx(1.0, abs=1e-5)
@@ -133,7 +124,7 @@ def test_expiry_and_invalidation_remove_entries_on_every_replica(
     a.store("ns", 1, key="short", ttl=1)
     doomed = a.store("ns", 2, key="doomed")
     a.store("other", 3, key="k3")
-    eventually(lambda: b.semantic("ns", 1).kind == pb.HIT_KIND_SEMANTIC)
+    wait_for(lambda: b.semantic("ns", 1).kind == pb.HIT_KIND_SEMANTIC, "a hit on b", 5)
 
     b.stub.Invalidate(pb.InvalidateRequest(entry_id=doomed), timeout=5)
     a.stub.Invalidate(pb.InvalidateRequest(namespace="other"), timeout=5)
@@ -142,17 +133,17 @@ def test_expiry_and_invalidation_remove_entries_on_every_replica(
         assert replica.semantic("ns", 2).kind == pb.HIT_KIND_MISS
         assert replica.exact("ns", "doomed").kind == pb.HIT_KIND_MISS
         assert replica.semantic("other", 3).kind == pb.HIT_KIND_MISS
-        eventually(lambda r=replica: r.semantic("ns", 1).kind == pb.HIT_KIND_MISS, timeout=5)
+        wait_for(lambda r=replica: r.semantic("ns", 1).kind == pb.HIT_KIND_MISS, "a miss", 5)
         assert replica.exact("ns", "short").kind == pb.HIT_KIND_MISS
     # The replicas' indexes converge too, not only their answers.
-    eventually(lambda: b.stub.Stats(pb.StatsRequest()).index_size == 0, timeout=5)
+    wait_for(lambda: b.stub.Stats(pb.StatsRequest()).index_size == 0, "b empty", 5)
 
 
 def test_no_lookup_crosses_a_namespace(replicas: tuple[Replica, Replica]) -> None:
     a, b = replicas
     for seed in range(30):
         a.store("tenant-a", seed, key=f"k{seed}")
-    eventually(lambda: b.semantic("tenant-a", 29).kind == pb.HIT_KIND_SEMANTIC)
+    wait_for(lambda: b.semantic("tenant-a", 29).kind == pb.HIT_KIND_SEMANTIC, "a hit", 5)
 
     for replica in (a, b):
         for seed in range(30):
@@ -179,12 +170,12 @@ def test_redis_stopped_and_restarted_gives_unavailable_then_recovers(
     restarted = redis_proc(port, log_dir=log_dir).start()  # empty: no persistence
     try:
         restarted.wait_until(redis_ready(port), timeout=10)
-        eventually(lambda: _available(a), timeout=10)
+        wait_for(lambda: _available(a), "a available again", 10)
         assert a.exact("ns", "k1").kind == pb.HIT_KIND_MISS  # that Redis lost everything
         entry_id = a.store("ns", 3, key="k3")
-        eventually(lambda: b.semantic("ns", 3).entry_id == entry_id, timeout=10)
+        wait_for(lambda: b.semantic("ns", 3).entry_id == entry_id, "the entry on b", 10)
         assert b.semantic("ns", 1).kind == pb.HIT_KIND_MISS  # the lost entry left the index
-        eventually(lambda: b.stub.Stats(pb.StatsRequest()).index_size == 1, timeout=10)
+        wait_for(lambda: b.stub.Stats(pb.StatsRequest()).index_size == 1, "one entry on b", 10)
     finally:
         for replica in (a, b):
             replica.stop()
