@@ -43,6 +43,7 @@ from pathlib import Path
 import httpx
 
 from bench.qqp import load_pairs
+from bench.stats import md_table
 from bench.train_verifier_eval import DATA, hand_written
 from bench.train_verifier_report import HAND_SETS
 from deploy.local.procs import ROOT
@@ -127,8 +128,8 @@ async def measure(gateway: str, all_cases: list[Case], concurrency: int) -> dict
 
 
 def table(all_cases: list[Case], second: dict[int, str]) -> None:
-    print("\n| set | pairs | same meaning | semantic hits | right hits | wrong hits "
-          "| precision | recall |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    head = ["set", "pairs", "same meaning", "semantic hits", "right hits", "wrong hits"]
+    out = []
     for group in dict.fromkeys(c.group for c in all_cases):
         rows = [(c, second.get(i, "")) for i, c in enumerate(all_cases) if c.group == group]
         same = sum(c.same for c, _ in rows)
@@ -136,8 +137,8 @@ def table(all_cases: list[Case], second: dict[int, str]) -> None:
         right = sum(c.same for c in hits)
         precision = f"{right / len(hits):.3f}" if hits else "-"
         recall = f"{right / same:.3f}" if same else "-"
-        print(f"| {group} | {len(rows)} | {same} | {len(hits)} | {right} | {len(hits) - right} "
-              f"| {precision} | {recall} |")  # fmt: skip
+        out.append([group, len(rows), same, len(hits), right, len(hits) - right, precision, recall])
+    print("\n" + md_table([*head, "precision", "recall"], out))
     wrong = [(c, x) for i, c in enumerate(all_cases) if not c.same
              and (x := second.get(i, "")) == "HIT-SEMANTIC" and c.group != "qqp"]  # fmt: skip
     for c, _ in wrong:
