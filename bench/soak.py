@@ -11,7 +11,13 @@ steady rate for the given time:
   non-deterministic requests (bypass); half of them streamed;
 - a few injected faults (``X-Mock-Fault``: 5xx, an error event, a cut stream, a
   slow first token, a hang on streams), counted apart;
+- a few streams the client leaves after their first chunk, requests for an
+  unknown model and bad bodies (``--odd-ratio``), answered as expected or
+  counted as unexpected errors;
 - a graceful restart (SIGTERM, start) of the second replica every few minutes.
+
+The gateway's ``gateway_in_flight_requests`` is sampled with the memory: once
+the load has stopped it must be back at 0 (every ending accounted once).
 
 Every few seconds it samples the resident memory (RSS, children included) of
 every process. At the end it prints, per service, RSS after the warm-up, at
@@ -26,9 +32,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 
@@ -115,6 +123,27 @@ async def sample(stack: Stack, every_s: float, end: float) -> dict[str, list[tup
                 series[name].append((now, rss(proc.pid)))
         await asyncio.sleep(every_s)
     return series
+
+
+def in_flight(url: str) -> float | None:
+    """The gateway's in-flight gauge, or None when /metrics does not answer."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    match = re.search(r"^gateway_in_flight_requests (\S+)$", text, re.M)
+    return float(match[1]) if match else None
+
+
+async def sample_in_flight(url: str, every_s: float, end: float) -> list[tuple[float, float]]:
+    points = []
+    while time.monotonic() < end:
+        value = await asyncio.to_thread(in_flight, url)
+        if value is not None:
+            points.append((time.monotonic(), value))
+        await asyncio.sleep(every_s)
+    return points
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -233,7 +262,10 @@ async def soak(stack: Stack, args: argparse.Namespace) -> int:
     load = drive(stack.gateway_url, args, end)
     memory = sample(stack, args.sample_s, end + 5)
     restarting = restarts(stack, args.restart_every_s, end)
-    outcomes, series, windows = await asyncio.gather(load, memory, restarting)
+    gauge = sample_in_flight(stack.gateway_url, args.sample_s, end)
+    outcomes, series, windows, gauge_points = await asyncio.gather(load, memory, restarting, gauge)
+    await asyncio.sleep(1.0)  # the last streams' endings reach the gauge
+    settled = await asyncio.to_thread(in_flight, stack.gateway_url)
     restarted = {"mock-2"} if windows else set()
     rows, grew = memory_rows(series, warm_end, restarted)
     print(f"\nSoak: {args.minutes:g} min at {args.rps:g} requests/s, warm-up {args.warmup_s:g} s,")
@@ -248,7 +280,10 @@ async def soak(stack: Stack, args: argparse.Namespace) -> int:
     print("\n".join(minute_rows(series, start)))
     print()
     print("\n".join(redis_rows(stack.redis_port)))
-    return 1 if unexpected or grew else 0
+    peak = max((v for _, v in gauge_points), default=0.0)
+    print(f"\ngateway_in_flight_requests: peak {peak:g} while loaded, {settled} after the load")
+    leaked = settled is None or settled != 0
+    return 1 if unexpected or grew or leaked else 0
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -259,6 +294,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling period")
     parser.add_argument("--restart-every-s", type=float, default=150.0)
     parser.add_argument("--fault-ratio", type=float, default=0.02)
+    parser.add_argument(
+        "--odd-ratio",
+        type=float,
+        default=0.03,
+        help="client leaves mid-stream, unknown model, bad body (a third each)",
+    )
     parser.add_argument("--ttl-s", type=int, default=60, help="cache entry TTL")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """The load of ``bench.soak``: a steady rate of mixed requests (repeats, paraphrases,
-new questions, non-deterministic ones, half streamed, a few with an injected fault)
-and what each one got back."""
+new questions, non-deterministic ones, half streamed, a few with an injected fault,
+a few streams the client leaves after the first chunk, a few for an unknown model
+or with a bad body) and what each one got back."""
 
 from __future__ import annotations
 
@@ -25,9 +26,12 @@ FAULTS = ["status:503", "error-event:3", "cut:5", "slow:300", "hang"]
 class Request:
     body: dict[str, object]
     fault: str
+    expect: str = "answer"  # or "leave" (the client goes after the first chunk), "404", "400"
 
 
-def make_request(rng: random.Random, n: int, fault_ratio: float) -> Request:
+def make_request(rng: random.Random, n: int, fault_ratio: float, odd_ratio: float = 0.0) -> Request:
+    """One request; ``odd_ratio`` of them (a third each) are left by the client after
+    their first chunk, ask for an unknown model, or carry a bad body."""
     topic = rng.choice(TOPICS)
     kind = rng.random()
     temperature = 0.0
@@ -43,12 +47,19 @@ def make_request(rng: random.Random, n: int, fault_ratio: float) -> Request:
     fault = rng.choice(FAULTS) if rng.random() < fault_ratio else ""
     if fault == "hang" and not stream:
         fault = "slow:300"  # a hung non-streamed attempt waits GATEWAY_UNARY_TIMEOUT_S (120 s)
-    body = {
+    body: dict[str, object] = {
         "model": MODEL,
         "stream": stream,
         "temperature": temperature,
         "messages": [{"role": "user", "content": text}],
     }
+    if rng.random() < odd_ratio:
+        odd = rng.choice(["leave", "404", "400"])
+        if odd == "leave":
+            return Request({**body, "stream": True}, "", "leave")
+        if odd == "404":
+            return Request({**body, "model": f"no-such-model-{n % 7}"}, "", "404")
+        return Request({**body, "temperature": "hot"}, "", "400")
     return Request(body, fault)
 
 
@@ -70,8 +81,15 @@ async def send(session: aiohttp.ClientSession, url: str, req: Request) -> Outcom
             f"{url}/v1/chat/completions", json=req.body, headers=headers
         ) as reply:
             cache = reply.headers.get("x-cache", "")
+            if req.expect == "leave":
+                first = await reply.content.readany()
+                reply.close()  # the client goes away mid-stream
+                ok = reply.status == 200 and bool(first)
+                return Outcome(started, time.monotonic(), "", ok, cache, "" if ok else "left")
             body = await reply.read()
-        if req.body["stream"]:
+        if req.expect in ("404", "400"):
+            ok = str(reply.status) == req.expect and b'"error"' in body
+        elif req.body["stream"]:
             ok = reply.status == 200 and body.rstrip().endswith(b"data: [DONE]")
             ok = ok and b'data: {"error"' not in body
         else:
@@ -102,7 +120,8 @@ async def drive(url: str, args: argparse.Namespace, end: float) -> list[Outcome]
             if due > now:
                 await asyncio.sleep(due - now)
                 continue
-            task = asyncio.create_task(one(make_request(rng, n, args.fault_ratio)))
+            req = make_request(rng, n, args.fault_ratio, args.odd_ratio)
+            task = asyncio.create_task(one(req))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             n += 1
