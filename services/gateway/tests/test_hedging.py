@@ -7,18 +7,23 @@ winner, the loser's connection closed) is the gateway's own doing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Collection
 from typing import Any
 
 import httpx
+import orjson
+from prometheus_client import CollectorRegistry, generate_latest
 
+from gateway.app import create_app
 from gateway.balance.config import PoolConfig
 from gateway.balance.hedge import HedgeConfig
 from gateway.balance.lease import Lease
 from gateway.balance.pool import Pool
 from gateway.balance.retry_budget import RetryBudgetConfig
 from gateway.protocol.calls import Kind
+from gateway.settings import GatewaySettings
 from gwkit import MakeBackend, MakeGateway, backend, chat, content
 
 
@@ -137,3 +142,65 @@ async def test_hedging_off_waits_for_the_first_attempt(
     first, _ = await stream(gw)
     assert first >= 0.35
     assert metric((await gw.get("/metrics")).text, "gateway_hedges_total") == 0
+
+
+async def test_a_first_attempt_that_fails_while_hedged_leaves_the_answer_to_the_hedge(
+    make_backend: MakeBackend, make_gateway: MakeGateway
+) -> None:
+    breaking = await make_backend(ttft_ms=300, fault="cut:0")  # closes at its first token
+    other = await make_backend(ttft_ms=500)
+    pool = FirstTry(hedging(0.05), first=breaking)
+    gw = await make_gateway([backend(breaking), backend(other)], pool=pool)
+    first, body = await stream(gw)
+    assert 0.4 < first < 2.0 and "[DONE]" in body and content(body)
+    text = (await gw.get("/metrics")).text
+    assert metric(text, "gateway_hedges_total", winner="hedge") == 1
+    failed = metric(text, "gateway_upstream_attempts_total", endpoint=breaking)
+    assert failed == 1 and metric(text, "gateway_upstream_attempts_total", outcome="success") == 1
+    assert all(state.pending == 0 for state in pool.snapshot())
+
+
+async def test_a_client_that_leaves_a_hedged_race_frees_both_endpoints(
+    make_backend: MakeBackend,
+) -> None:
+    one = await make_backend(ttft_ms=3000)
+    two = await make_backend(ttft_ms=3000)
+    pool = FirstTry(hedging(0.05), first=one)
+    registry = CollectorRegistry()
+    settings = GatewaySettings(backends=[backend(one), backend(two)])
+    app = create_app(settings, pool=pool, registry=registry)
+    body = orjson.dumps(chat("hi", stream=True))
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(0.3)  # both attempts are waiting for a first token by now
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": Kind.CHAT.route,
+        "raw_path": Kind.CHAT.route.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("gw", 80),
+    }
+    async with app.router.lifespan_context(app):
+        await asyncio.wait_for(app(scope, receive, send), timeout=2.5)
+        assert all(state.pending == 0 for state in pool.snapshot()), "both attempts stopped"
+    text = generate_latest(registry).decode()
+    assert metric(text, "gateway_hedges_total") == 0, "nobody won"
+    assert metric(text, "gateway_upstream_attempts_total", outcome="cancelled") == 2
+    assert metric(text, "gateway_in_flight_requests") == 0

@@ -197,9 +197,11 @@ class Proxy:
         if opening.done() and (opening.cancelled() or opening.exception() is not None):
             return
         await _stop(opening)
+        if not opening.cancelled() and opening.exception() is None:  # answered, thrown away
+            self._metrics.upstream.labels(call.endpoint, Outcome.CANCELLED).inc()
+        # (an attempt stopped before its answer was counted as cancelled by proxy.upstream)
         if call.attempts:
             call.cancelled_upstream_s = time.perf_counter() - call.upstream_started
-            self._metrics.upstream.labels(call.endpoint, Outcome.CANCELLED).inc()
             self._metrics.cache_cancelled_upstream.inc()
             self._metrics.cache_cancelled_upstream_seconds.inc(call.cancelled_upstream_s)
         Tracing.end(call.upstream_span, 499, cancelled_by="cache_hit")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import aiohttp
@@ -36,6 +37,7 @@ from gateway.proxy.backend_errors import (
     upstream_error,
 )
 from gateway.proxy.call import Call
+from gateway.proxy.hedging import Race
 from gateway.settings import GatewaySettings
 
 
@@ -183,60 +185,109 @@ class Upstream:
             except _Retryable:
                 raise
             except BaseException:
-                lease.release(Outcome.CANCELLED)
+                await self._stop(lease, lease.endpoint.name, outrun=False)
                 raise
-        first = asyncio.ensure_future(self._attempt(lease, call))
-        running: dict[asyncio.Future[Opened], tuple[Lease, float, str]] = {
-            first: (lease, time.perf_counter(), lease.endpoint.name)
-        }
-        hedged = False
+        name, started = lease.endpoint.name, time.perf_counter()
+        race: Race[Opened] = Race(lambda: self._hedge(call, tried))
+        timer = asyncio.get_running_loop().call_later(delay, race.fire)
         try:
-            await asyncio.wait((first,), timeout=delay)
-            if not first.done():
-                hedged = self._hedge(call, tried, running)
-            while True:
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    held, started, name = running.pop(task)
-                    failure = task.exception()
-                    if failure is None:
-                        call.upstream_started, call.endpoint = started, name
-                        if hedged:
-                            winner = "hedge" if task is not first else "first"
-                            self._metrics.hedges.labels(winner).inc()
-                        return task.result()
-                    if not isinstance(failure, _Retryable):
-                        held.release(Outcome.CANCELLED)
-                        raise failure
-                    if not running:
-                        if hedged:
-                            self._metrics.hedges.labels("none").inc()
-                        raise failure
-                    if self._failed(failure, suspects):
-                        raise _request_failed(failure.error) from None
+            opened = await self._attempt(lease, call)
+        except asyncio.CancelledError:
+            race.settled = True
+            if race.interrupted():  # the hedge answered first
+                assert race.task is not None
+                await self._stop(lease, name)
+                self._metrics.hedges.labels("hedge").inc()
+                return race.task.result()
+            await self._stop_hedge(race, suspects)
+            await self._stop(lease, name, outrun=False)
+            raise
+        except _Retryable as failure:
+            race.settled = True
+            if race.task is None:
+                raise
+            return await self._hedge_answers(race, failure, suspects)
+        except BaseException:
+            race.settled = True
+            await self._stop_hedge(race, suspects)
+            await self._stop(lease, name, outrun=False)
+            raise
         finally:
-            for task, (held, _, name) in running.items():
-                await _cancel(task, held)
-                self._metrics.upstream.labels(name, Outcome.CANCELLED).inc()
+            timer.cancel()
+        race.settled = True
+        if race.task is not None:  # the first attempt answered first
+            await self._stop_hedge(race, suspects)
+            call.upstream_started, call.endpoint = started, name
+            self._metrics.hedges.labels("first").inc()
+        return opened
 
-    def _hedge(
-        self,
-        call: Call,
-        tried: list[str],
-        running: dict[asyncio.Future[Opened], tuple[Lease, float, str]],
-    ) -> bool:
-        """Start a hedge on another endpoint, if the budget and the pool allow one."""
+    async def _hedge_answers(
+        self, race: Race[Opened], failure: _Retryable, suspects: list[Lease]
+    ) -> Opened:
+        """The first attempt failed while its hedge runs: the hedge may still answer."""
+        assert race.task is not None
+        if self._failed(failure, suspects):
+            await self._stop_hedge(race, suspects)
+            raise _request_failed(failure.error) from None
+        try:
+            await asyncio.wait((race.task,))
+        except BaseException:
+            await self._stop_hedge(race, suspects)
+            raise
+        outcome = race.task.exception()
+        if outcome is None:
+            self._metrics.hedges.labels("hedge").inc()
+            return race.task.result()
+        self._metrics.hedges.labels("none").inc()
+        if not isinstance(outcome, _Retryable):
+            race.lease.release(Outcome.CANCELLED)
+        raise outcome  # a failed hedge fails over as any attempt does (open() releases it)
+
+    async def _stop(self, lease: Lease, name: str, *, outrun: bool = True) -> None:
+        """An attempt stopped before its first byte (it lost a hedge race, or the request
+        was cancelled: the client left, a cache hit answered): free its endpoint, blame
+        nobody, count it as cancelled."""
+        if outrun:
+            lease.outrun()
+        lease.release(Outcome.CANCELLED)
+        self._metrics.upstream.labels(name, Outcome.CANCELLED).inc()
+
+    async def _stop_hedge(self, race: Race[Opened], suspects: list[Lease]) -> None:
+        """Cancel a hedge nobody needs; one that failed already is released as failed."""
+        task, held = race.task, race.lease
+        if task is None or held is None:
+            return
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))
+        failure = None if task.cancelled() else task.exception()
+        if isinstance(failure, _Retryable):
+            self._failed(failure, suspects)
+            return
+        if failure is None and not task.cancelled():
+            opened = task.result()
+            if opened.response is not None:
+                opened.response.close()
+        await self._stop(held, held.endpoint.name)
+
+    def _hedge(self, call: Call, tried: list[str]) -> tuple[Lease, Awaitable[Opened]] | None:
+        """A hedge's attempt on another endpoint, if the budget and the pool allow one."""
         if not self._pool.can_hedge():
             self._metrics.hedge_budget_exhausted.inc()
-            return False
+            return None
+        first = call.endpoint
         second = self._acquire(call, tried, hedge=True)
         if second is None:
-            return False
+            return None
+        call.endpoint = first  # the first attempt's, until the hedge answers
         tried.append(second.endpoint.name)
         call.attempts += 1
-        task = asyncio.ensure_future(self._attempt(second, call))
-        running[task] = (second, time.perf_counter(), second.endpoint.name)
-        return True
+        return second, self._hedge_attempt(second, call)
+
+    async def _hedge_attempt(self, lease: Lease, call: Call) -> Opened:
+        opened = await self._attempt(lease, call)
+        call.endpoint = lease.endpoint.name  # it answered: the request is its
+        return opened
 
     def _acquire(self, call: Call, tried: list[str], *, hedge: bool = False) -> Lease | None:
         try:
@@ -351,21 +402,3 @@ def _request_failed(error: GatewayError) -> RequestFailedEverywhere:
     return RequestFailedEverywhere(
         f"The request failed on two model servers ({error.message}); it is not retried"
     )
-
-
-async def _cancel(task: asyncio.Future[Opened], lease: Lease) -> None:
-    """Stop an attempt a hedge race no longer needs and free its endpoint.
-
-    Cancelled, it closes its connection; one that had already answered is
-    closed unread. A stream still owed its first token leaves a lower bound
-    on its time to first token (``Lease.outrun``); the breaker hears nothing.
-    """
-    if not task.done():
-        task.cancel()
-        await asyncio.wait((task,))
-    if not task.cancelled() and task.exception() is None:
-        opened = task.result()
-        if opened.response is not None:
-            opened.response.close()
-    lease.outrun()
-    lease.release(Outcome.CANCELLED)
