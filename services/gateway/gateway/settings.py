@@ -167,10 +167,18 @@ class GatewaySettings(BaseSettings):
         _default(HedgeConfig, "quantile"),
         gt=0,
         lt=1,
-        description="late: past this quantile of recent first tokens (endpoint's or pool's)",
+        description="a stall: 1.5x this quantile of the endpoint's recent first tokens",
+    )
+    hedge_slow_factor: float = Field(
+        _default(HedgeConfig, "slow_factor"),
+        gt=1,
+        description="an endpoint whose typical first token is this many times the pool's"
+        " is slow: its streams are hedged after GATEWAY_HEDGE_MIN_DELAY_MS",
     )
     hedge_min_delay_ms: float = Field(
-        _default(HedgeConfig, "min_delay_s") * 1000, ge=0, description="never hedge sooner"
+        _default(HedgeConfig, "min_delay_s") * 1000,
+        ge=0,
+        description="never hedge sooner (a slow endpoint's streams are hedged this soon)",
     )
     hedge_initial_delay_ms: float = Field(
         _default(HedgeConfig, "initial_delay_s") * 1000,
@@ -284,6 +292,7 @@ class GatewaySettings(BaseSettings):
             hedge=HedgeConfig(
                 enabled=self.hedge,
                 quantile=self.hedge_quantile,
+                slow_factor=self.hedge_slow_factor,
                 min_delay_s=self.hedge_min_delay_ms / 1000,
                 initial_delay_s=self.hedge_initial_delay_ms / 1000,
                 budget=replace(_default(HedgeConfig, "budget"), ratio=self.hedge_budget_ratio),

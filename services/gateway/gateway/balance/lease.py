@@ -104,15 +104,15 @@ class Lease:
 
     def outrun(self) -> None:
         """Another endpoint answered this request first (a hedge race): this attempt
-        had waited this long without a first token. When that is more than the
-        endpoint's TTFT cost, it is a sample (a lower bound, so the cost only
-        rises); the breaker hears nothing. Release the lease as cancelled after."""
+        had waited this long without a first token. That is a censored sample: its
+        first token would have come later still. The cost is kept at least where it
+        was and raised to the wait when that is longer (so an endpoint that keeps
+        losing races does not look faster as its last real sample ages); the
+        breaker hears nothing. Release the lease as cancelled after."""
         if not self.stream or self._ttft is not None or self._released:
             return
         now = self._clock()
-        waited = now - self._start
-        if waited > self._ep.ttft.cost(now):
-            self._ep.ttft.observe(waited, now)
+        self._ep.ttft.observe(max(now - self._start, self._ep.ttft.cost(now)), now)
 
     def release(
         self, outcome: Outcome, retry_after_s: float | None = None, *, defer_blame: bool = False

@@ -233,8 +233,11 @@ class Pool:
         (:mod:`gateway.balance.hedge`); None: never."""
         if not lease.stream:
             return None
-        own = lease._ep.recent_ttft
-        return hedge_delay(self._config.hedge, own, self._pool_ttft, lease.prefill_s)
+        ep = lease._ep
+        cost = ep.ttft.cost(self._clock())
+        return hedge_delay(
+            self._config.hedge, ep.recent_ttft, cost, self._pool_ttft, lease.prefill_s
+        )
 
     def can_hedge(self) -> bool:
         """Whether the hedge budget allows one more hedge; counts it when it does."""

@@ -25,25 +25,40 @@ def test_quantiles_by_nearest_rank_over_the_last_samples_only() -> None:
     assert RecentSamples().quantile(0.5) is None
 
 
+FAST = 0.020
+
+
 def test_no_hedge_before_enough_first_tokens_are_known() -> None:
     config = HedgeConfig(min_samples=16)
-    few = samples(*[0.02] * 15)
-    assert hedge_delay(config, few, few, prefill_s=0.0) is None
-    assert hedge_delay(HedgeConfig(initial_delay_s=0.3), few, few, 0.1) == pytest.approx(0.4)
+    few = samples(*[FAST] * 15)
+    assert hedge_delay(config, few, FAST, few, prefill_s=0.0) is None
+    early = HedgeConfig(initial_delay_s=0.3)
+    assert hedge_delay(early, few, FAST, few, 0.1) == pytest.approx(0.4)
 
 
-def test_a_slow_endpoint_is_held_to_the_pool_and_a_fast_one_to_itself() -> None:
-    config = HedgeConfig(quantile=0.95, min_samples=16, min_delay_s=0.0)
+def test_a_slow_endpoint_is_hedged_at_once_a_normal_one_only_when_it_stalls() -> None:
+    config = HedgeConfig(quantile=0.99, stall_factor=1.5, slow_factor=2.0, min_delay_s=0.01)
+    pool = samples(*[FAST] * 60, 0.030, 0.200)
     slow = samples(*[0.200] * 32)
-    fast = samples(*[0.010] * 32)
-    pool = samples(*[0.020] * 60, 0.200, 0.200)
-    assert hedge_delay(config, slow, pool, 0.0) == pytest.approx(0.020)
-    assert hedge_delay(config, fast, pool, 0.0) == pytest.approx(0.010)
+    assert hedge_delay(config, slow, 0.2, pool, 0.0) == pytest.approx(0.01)
+    fast = samples(*[FAST] * 31, 0.024)
+    assert hedge_delay(config, fast, FAST, pool, 0.0) == pytest.approx(1.5 * 0.024)
+
+
+def test_slowness_is_the_higher_of_its_recent_median_and_its_cost() -> None:
+    config = HedgeConfig(min_delay_s=0.01)
+    pool = samples(*[FAST] * 64)
+    unknown = samples()  # a new endpoint: no first token yet, the default cost
+    assert hedge_delay(config, unknown, 0.5, pool, 0.0) == pytest.approx(0.01)
+    recovered_cost = samples(*[0.2] * 8)  # its cost decayed, its last answers were slow
+    assert hedge_delay(config, recovered_cost, FAST, pool, 0.0) == pytest.approx(0.01)
+    fast = samples(*[FAST] * 8)  # too few of its own: the pool's quantile for a stall
+    assert hedge_delay(config, fast, FAST, pool, 0.0) == pytest.approx(1.5 * FAST)
 
 
 def test_the_prompt_s_prefill_is_added_and_the_floor_holds() -> None:
-    config = HedgeConfig(quantile=0.5, min_samples=1, min_delay_s=0.05)
+    config = HedgeConfig(min_samples=1, min_delay_s=0.05)
     kept = samples(0.01)
-    assert hedge_delay(config, kept, kept, prefill_s=0.0) == pytest.approx(0.05)
-    assert hedge_delay(config, kept, kept, prefill_s=0.2) == pytest.approx(0.21)
-    assert hedge_delay(HedgeConfig(enabled=False), kept, kept, 0.0) is None
+    assert hedge_delay(config, kept, 0.01, kept, prefill_s=0.0) == pytest.approx(0.05)
+    assert hedge_delay(config, kept, 0.01, kept, prefill_s=0.2) == pytest.approx(0.25)
+    assert hedge_delay(HedgeConfig(enabled=False), kept, 0.01, kept, 0.0) is None
