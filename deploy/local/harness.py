@@ -182,8 +182,10 @@ class Stack:
         timeout: float = llamacpp.READY_TIMEOUT_S,
         threads: int = 1,
         interrupt: bool = False,
+        extra_args: tuple[str, ...] = (),
     ) -> tuple[Proc, str]:
-        """A llama.cpp replica; ``interrupt`` as in ``llamacpp.replica``."""
+        """A llama.cpp replica; ``interrupt`` as in ``llamacpp.replica``; ``extra_args``
+        are more ``llama_cpp.server`` options (its prompt cache, say)."""
         model = llamacpp.ensure_ready()  # builds and installs on a machine without it
         port = port or free_port()
         url = f"http://127.0.0.1:{port}"
@@ -195,6 +197,7 @@ class Stack:
             interrupt=interrupt,
             model=model,
         )
+        proc.argv += list(extra_args)
         self.start(proc, llamacpp.ready(url), timeout)
         return proc, url
 
