@@ -75,6 +75,7 @@ class Endpoint:
         "engine",
         "pending",
         "prefixes",
+        "probe_after",
         "recent_ttft",
         "spec",
         "ttft",
@@ -97,6 +98,7 @@ class Endpoint:
         self.prefixes = BlockIndex(prefix_capacity)  # prompt blocks probably cached there
         self.ttft = PeakEwma(tau_s, default_rtt_s, now)  # streams: time to first token
         self.recent_ttft = RecentSamples()  # the same samples, for the hedge delay
+        self.probe_after = 0.0  # slow now: when a stream may next be routed here (hedged)
         self.whole = PeakEwma(tau_s, default_rtt_s, now)  # non-streamed: whole response
         self.breaker = CircuitBreaker(breaker, now)
         self.pending = 0  # attempts from acquire to release, of both kinds

@@ -10,13 +10,15 @@ The delay depends on what the pool has learned of first tokens (the last 64
 per endpoint and 256 over the pool, with the expected prefill of the prompt's
 uncached part taken off, ``balance.lease``):
 
-- **The endpoint is slow now**: its typical first token (the median of its
-  own recent ones, or its Peak EWMA cost, whichever is higher) is at least
-  ``slow_factor`` times the pool's median. Routing sends it little, but what
-  it gets would wait its whole slow first token: hedge after ``min_delay_s``
-  (the chance to show it has recovered: if it answers first, its new sample
-  counts). A new endpoint, whose cost is the default RTT, counts as slow
-  until it has answered.
+- **The endpoint is slow now** (:func:`slow_now`): its typical first token
+  (the median of its last 8, or its Peak EWMA cost while it has fewer than
+  4) is at least ``slow_factor`` times the pool's median. The pool then
+  routes a stream there only as a probe, at most one per
+  ``probe_interval_s`` and only when the hedge budget has room (else it takes
+  the other candidate), and the probe is hedged after ``min_delay_s``: if
+  the endpoint has recovered it answers first and its new first tokens count;
+  if not, the hedge answers. A new endpoint, whose cost is the default RTT,
+  counts as slow until it has answered.
 - **Otherwise** only a stall is hedged: past ``stall_factor`` times the
   ``quantile`` of its own recent first tokens (of the pool's while it has
   fewer than ``min_samples``). Ordinary jitter is not hedged, so the budget
@@ -39,12 +41,28 @@ class HedgeConfig:
     enabled: bool = True
     quantile: float = 0.99
     stall_factor: float = 1.5
-    slow_factor: float = 2.0
+    slow_factor: float = 4.0
     min_delay_s: float = 0.01
     min_samples: int = 16
     initial_delay_s: float = 0.0
+    probe_interval_s: float = 1.0
     budget: RetryBudgetConfig = field(
         default_factory=lambda: RetryBudgetConfig(ratio=0.05, min_per_s=0.5)
+    )
+
+
+def slow_now(
+    config: HedgeConfig, own: RecentSamples, own_cost_s: float, pool: RecentSamples
+) -> bool:
+    """Whether an endpoint's typical first token is ``slow_factor`` times the pool's."""
+    if not config.enabled or len(pool) < config.min_samples:
+        return False
+    typical = pool.quantile(0.5)
+    own_typical = own.latest_median(8) if len(own) >= 4 else own_cost_s
+    return (
+        typical is not None
+        and own_typical is not None
+        and (own_typical >= config.slow_factor * typical)
     )
 
 
@@ -58,12 +76,10 @@ def hedge_delay(
     """How long a stream may wait for its first token before a hedge; None: no hedge."""
     if not config.enabled:
         return None
-    typical = pool.quantile(0.5) if len(pool) >= config.min_samples else None
-    if typical is None:
+    if len(pool) < config.min_samples:
         return config.initial_delay_s + prefill_s if config.initial_delay_s > 0 else None
-    own_typical = own.quantile(0.5) if len(own) >= 4 else None
-    if max(own_cost_s, own_typical or 0.0) >= config.slow_factor * typical:
+    if slow_now(config, own, own_cost_s, pool):
         return config.min_delay_s + prefill_s
     learned = own if len(own) >= config.min_samples else pool
-    stall = (learned.quantile(config.quantile) or typical) * config.stall_factor
+    stall = (learned.quantile(config.quantile) or 0.0) * config.stall_factor
     return max(config.min_delay_s, stall) + prefill_s

@@ -32,7 +32,7 @@ from gateway.balance.config import DECODE_WEIGHT, PoolConfig
 from gateway.balance.endpoint import Endpoint, EndpointSpec
 from gateway.balance.engine import EngineStats
 from gateway.balance.errors import NoEndpoint, UnknownModel
-from gateway.balance.hedge import hedge_delay
+from gateway.balance.hedge import hedge_delay, slow_now
 from gateway.balance.lease import Clock, Lease
 from gateway.balance.p2c import PowerOfTwoChoices, two_distinct
 from gateway.balance.prefix import BLOCK_TOKENS, PromptPrefix
@@ -205,6 +205,8 @@ class Pool:
             panic = True
         if ep is None:
             raise NoEndpoint(model)
+        if stream and not panic:
+            ep = self._unless_slow(ep, candidates, exclude, now)
         ep.pending += 1
         ep.breaker.admit(now)
         prefill_s = 0.0
@@ -223,6 +225,23 @@ class Pool:
             on_drained=self._drop_drained,
             pool_ttft=self._pool_ttft,
         )
+
+    def _unless_slow(
+        self, ep: Endpoint, candidates: Sequence[Endpoint], exclude: Collection[str], now: float
+    ) -> Endpoint:
+        """A stream goes to an endpoint that is slow now only as a hedged probe
+        (``balance.hedge``): at most one per probe interval, while the hedge budget
+        has room; otherwise to the best of the others, if any."""
+        config = self._config.hedge
+        if not slow_now(config, ep.recent_ttft, ep.ttft.cost(now), self._pool_ttft):
+            return ep
+        if now >= ep.probe_after and self._hedge_budget.has_room(now):
+            ep.probe_after = now + config.probe_interval_s
+            return ep
+        others = [*exclude, ep.spec.name]
+        other = self._pick_fast(candidates, others, now, True)
+        other = other or self._pick_slow(candidates, others, now, True)
+        return other if other is not None else ep
 
     def can_retry(self) -> bool:
         """Whether the retry budget allows one more retry; counts it when it does."""

@@ -38,6 +38,18 @@ class RecentSamples:
         ranked = self._sorted
         return ranked[min(len(ranked) - 1, max(0, round(q * len(ranked)) - 1))]
 
+    def latest_median(self, count: int) -> float | None:
+        """The median of the last ``count`` samples (fewer if fewer kept); None when empty."""
+        if not self._ring:
+            return None
+        n = len(self._ring)
+        if n < self._size:
+            last = self._ring[-count:]
+        else:  # the ring is full: the newest sample is just before ``_next``
+            last = [self._ring[(self._next - 1 - i) % n] for i in range(min(count, n))]
+        ordered = sorted(last)
+        return ordered[(len(ordered) - 1) // 2]
+
     def clear(self) -> None:
         self._ring.clear()
         self._next = 0

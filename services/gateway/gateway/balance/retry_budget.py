@@ -42,6 +42,11 @@ class RetryBudget:
         floor = self._config.min_per_s * self._config.window_s
         return max(floor, self._config.ratio * requests)
 
+    def has_room(self, now: float) -> bool:
+        """Whether one more retry would fit, without counting it."""
+        _, retries = self._counts.totals(now)
+        return retries < self.allowance(now)
+
     def try_retry(self, now: float) -> bool:
         """True (and the retry is counted) when one more retry fits the budget."""
         _, retries = self._counts.totals(now)

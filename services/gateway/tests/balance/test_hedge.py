@@ -3,10 +3,16 @@ the prompt's expected prefill on top, a floor, and nothing before it is learned.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
-from gateway.balance.hedge import HedgeConfig, hedge_delay
+from gateway.balance import Outcome, Pool
+from gateway.balance.hedge import HedgeConfig, hedge_delay, slow_now
 from gateway.balance.recent import RecentSamples
+from gwkit import FakeClock
+
+from .conftest import PoolFactory, spec
 
 
 def samples(*values: float, size: int = 64) -> RecentSamples:
@@ -45,7 +51,7 @@ def test_a_slow_endpoint_is_hedged_at_once_a_normal_one_only_when_it_stalls() ->
     assert hedge_delay(config, fast, FAST, pool, 0.0) == pytest.approx(1.5 * 0.024)
 
 
-def test_slowness_is_the_higher_of_its_recent_median_and_its_cost() -> None:
+def test_slowness_is_its_latest_median_or_while_it_has_few_its_cost() -> None:
     config = HedgeConfig(min_delay_s=0.01)
     pool = samples(*[FAST] * 64)
     unknown = samples()  # a new endpoint: no first token yet, the default cost
@@ -62,3 +68,38 @@ def test_the_prompt_s_prefill_is_added_and_the_floor_holds() -> None:
     assert hedge_delay(config, kept, 0.01, kept, prefill_s=0.0) == pytest.approx(0.05)
     assert hedge_delay(config, kept, 0.01, kept, prefill_s=0.2) == pytest.approx(0.25)
     assert hedge_delay(HedgeConfig(enabled=False), kept, 0.01, kept, 0.0) is None
+
+
+def test_the_latest_median_follows_a_recovery() -> None:
+    kept = samples(*[0.2] * 64)
+    for _ in range(5):
+        kept.observe(0.02)
+    assert kept.latest_median(8) == pytest.approx(0.02)
+    assert kept.quantile(0.5) == pytest.approx(0.2)
+    pool = samples(*[FAST] * 64)
+    assert not slow_now(HedgeConfig(), kept, 0.2, pool), "five fast answers: not slow now"
+
+
+def answer(pool: Pool, clock: FakeClock, ttft: dict[str, float], stream: bool = True) -> str:
+    lease = pool.acquire("m", stream=stream)
+    clock.advance(ttft[lease.endpoint.name])
+    lease.first_token()
+    lease.release(Outcome.SUCCESS)
+    return lease.endpoint.name
+
+
+def test_a_slow_endpoint_gets_streams_only_as_probes(
+    make_pool: PoolFactory, clock: FakeClock
+) -> None:
+    pool = make_pool(spec("a"), spec("b"), spec("slow"))
+    ttft = {"a": 0.02, "b": 0.02, "slow": 0.2}
+    for name in ttft:  # every endpoint has answered a few times
+        for _ in range(6):
+            lease = pool.acquire("m", exclude=set(ttft) - {name})
+            clock.advance(ttft[name])
+            lease.first_token()
+            lease.release(Outcome.SUCCESS)
+    served = Counter(answer(pool, clock, ttft) for _ in range(1000))  # 1000 x 20 ms = 20 s
+    assert served["slow"] <= 21, f"at most one probe a second, got {served}"
+    assert served["a"] > 400 and served["b"] > 400
+    assert not slow_now(HedgeConfig(enabled=False), samples(*[0.2] * 8), 0.2, samples(*[FAST] * 64))
