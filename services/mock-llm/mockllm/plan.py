@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mockllm.continuation import Continuation, chat_continuation, completion_continuation
 from mockllm.errors import BadRequest, ModelNotFound
 from mockllm.faults import Fault, FaultKind, FaultSyntaxError, parse_fault
 from mockllm.render import Renderer, Usage
-from mockllm.schema import CompletionRequest, Kind, parse_request
+from mockllm.schema import AnyRequest, ChatCompletionRequest, CompletionRequest, Kind, parse_request
 from mockllm.settings import Settings
 from mockllm.tokens import estimate_tokens, generate_tokens
 
@@ -63,16 +64,22 @@ def make_plan(
     if natural < 1:
         raise BadRequest(f"{TOKENS_HEADER} must be at least 1")
     limit = request.token_limit()
-    count = natural if limit is None else min(limit, natural)
     prompt_key = request.prompt_key()
     token_ids = request.token_ids() if isinstance(request, CompletionRequest) else None
     prompt_tokens = token_ids if token_ids is not None else estimate_tokens(prompt_key)
+    answer_key, done = prompt_key, 0
+    going_on = _continuation(request, natural)
+    if going_on is not None:  # the rest of the answer it would have given (continuation.py)
+        answer_key, done = going_on.prompt_key, going_on.done
+    left = natural - done
+    count = left if limit is None else min(limit, left)
     if fault is not None and fault.kind is FaultKind.SLOW:
         ttft_ms += fault.arg
     return Plan(
         renderer=Renderer(kind, request.model),
-        tokens=generate_tokens(request.model, prompt_key, count),
-        finish_reason="length" if limit is not None and limit <= natural else "stop",
+        # A continuation of a whole answer has nothing left: one empty token ends it.
+        tokens=generate_tokens(request.model, answer_key, natural)[done : done + count] or ("",),
+        finish_reason="length" if limit is not None and limit <= left else "stop",
         usage=Usage(prompt_tokens, count),
         stream=request.stream,
         include_usage=request.include_usage,
@@ -81,6 +88,17 @@ def make_plan(
         fault=fault,
         prompt=prompt_key,
     )
+
+
+def _continuation(request: AnyRequest, natural: int) -> Continuation | None:
+    if isinstance(request, ChatCompletionRequest):
+        asked = request.continues()
+        if asked is None:
+            return None
+        return chat_continuation(request.model, asked[0], asked[1], natural)
+    if isinstance(request.prompt, str):
+        return completion_continuation(request.model, request.prompt, natural)
+    return None
 
 
 def _header_number(

@@ -54,9 +54,20 @@ class ChatMessage(_Lenient):
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    # vLLM's: continue the last (assistant) message instead of starting a new one.
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
 
     def prompt_key(self) -> str:
-        return "\n".join(f"{m.role}\x1f{m.text()}" for m in self.messages)
+        return _chat_key(self.messages)
+
+    def continues(self) -> tuple[str, str] | None:
+        """(the conversation's key without the partial answer, the partial answer)
+        when this asks to continue a final assistant message."""
+        last = self.messages[-1]
+        if not self.continue_final_message or last.role != "assistant" or len(self.messages) < 2:
+            return None
+        return _chat_key(self.messages[:-1]), last.text()
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -81,6 +92,10 @@ class CompletionRequest(_GenerationRequest):
 
 
 AnyRequest = ChatCompletionRequest | CompletionRequest
+
+
+def _chat_key(messages: list[ChatMessage]) -> str:
+    return "\n".join(f"{m.role}\x1f{m.text()}" for m in messages)
 
 
 def parse_request(kind: Kind, body: bytes) -> AnyRequest:
