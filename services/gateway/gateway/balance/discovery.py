@@ -4,7 +4,10 @@ A target marked ``resolve`` (written ``dns+http://host:port`` by
 :func:`parse_target`) is expanded to one endpoint per address its host resolves
 to. Behind a Kubernetes headless Service that is one endpoint per model server
 pod, which is what Peak EWMA needs to see (a ClusterIP would hide them all
-behind one address). Each refresh hands the full list to :meth:`Pool.update`,
+behind one address). A ``dns+https://`` replica's URL holds its address, but
+TLS still verifies the host name: the spec carries it (``server_hostname``,
+``host_header``) for the upstream client to send as SNI and ``Host``; its
+``/v1/models`` is asked of the name. Each refresh hands the full list to :meth:`Pool.update`,
 which adds newcomers, drains the vanished and keeps the survivors' state.
 
 A failed lookup keeps the target's previous addresses: a DNS hiccup must not
@@ -18,7 +21,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import aiohttp
@@ -71,16 +74,50 @@ def _with_host(parts: SplitResult, address: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"{host}:{port}"))
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _tls_name(parts: SplitResult) -> tuple[str, str]:
+    """``(server_hostname, host_header)`` for replicas of an https target named by a
+    host name; empty for http (sent to the address as before) or an address."""
+    host = parts.hostname or ""
+    if parts.scheme != "https" or not host or _is_address(host):
+        return "", ""
+    port = parts.port
+    return host, host if port in (None, 443) else f"{host}:{port}"
+
+
 def expand(target: Target, addresses: Sequence[str]) -> list[EndpointSpec]:
     """One spec per address for a DNS target (pure: the lookup happened before)."""
     parts = urlsplit(target.url)
     port = _default_port(parts)
+    server_hostname, host_header = _tls_name(parts)
     specs = []
     for address in addresses:
         url = _with_host(parts, address, port)
         name = f"{target.name}/{address}" if target.name else url
-        specs.append(EndpointSpec(url=url, models=target.models, name=name))
+        specs.append(
+            EndpointSpec(
+                url=url,
+                models=target.models,
+                name=name,
+                server_hostname=server_hostname,
+                host_header=host_header,
+            )
+        )
     return specs
+
+
+def named_url(spec: EndpointSpec) -> str:
+    """The spec's URL with the host name it stands for (its own URL when none)."""
+    if not spec.host_header:
+        return spec.url
+    return urlunsplit(urlsplit(spec.url)._replace(netloc=spec.host_header))
 
 
 async def fetch_models(
@@ -149,13 +186,17 @@ class Discovery:
         return expand(target, addresses)
 
     async def _with_models(self, spec: EndpointSpec) -> EndpointSpec:
+        """Models from the backend, when not configured. A ``dns+https`` replica's are
+        asked of its host name (the fetcher verifies TLS against the URL's host):
+        any replica behind the name answers for all of them."""
         if spec.models or self._fetch is None:
             return spec
         models = self._models.get(spec.url, ())
+        url = named_url(spec)
         try:
-            models = await self._fetch(spec.url)
+            models = await self._fetch(url)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
-            log.warning("models_fetch_failed", url=spec.url, error=str(exc))
+            log.warning("models_fetch_failed", url=url, error=str(exc))
         else:
             self._models[spec.url] = models
-        return EndpointSpec(url=spec.url, models=models, name=spec.name)
+        return replace(spec, models=models)

@@ -47,11 +47,19 @@ from gateway.balance.recent import RecentSamples
 
 @dataclass(frozen=True)
 class EndpointSpec:
-    """One backend replica. ``url`` is the base URL without ``/v1``."""
+    """One backend replica. ``url`` is the base URL without ``/v1``.
+
+    ``server_hostname`` and ``host_header`` are set when ``url`` holds an
+    address that stands for a host name (a ``dns+https`` replica): TLS sends
+    and verifies the name (SNI, the certificate), and the ``Host`` header
+    names it (with its port when not 443). Empty: the URL's host is used.
+    """
 
     url: str
     models: tuple[str, ...]
     name: str = ""
+    server_hostname: str = ""
+    host_header: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", self.url.rstrip("/"))
