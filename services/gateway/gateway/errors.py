@@ -9,8 +9,8 @@
     ├── Unauthorized                  401 authentication_error
     ├── Forbidden                     403 permission_error
     ├── ModelNotFound                 404 invalid_request_error / model_not_found
-    ├── RateLimited                   429 rate_limit_error        (Retry-After)
-    ├── Overloaded                    503 overloaded_error        (Retry-After)
+    ├── RateLimited                   429 rate_limit_error        (Retry-After, retry-after-ms)
+    ├── Overloaded                    503 overloaded_error        (Retry-After, retry-after-ms)
     ├── NoBackendAvailable            503 service_unavailable
     ├── UpstreamError                 502 upstream_error
     │   ├── RequestFailedEverywhere   502 upstream_error / request_failed (x-should-retry: false)
@@ -20,26 +20,52 @@
 Lower-layer exceptions are translated into these once, at the boundary
 (``raise UpstreamError(...) from exc``). :meth:`GatewayError.body` is what
 the client sees: never a backend's traceback.
+
+Retry signals (:meth:`GatewayError.headers`), as openai-python reads them
+(``_should_retry`` / ``_parse_retry_after_header``): an error with a wait
+sends ``retry-after-ms`` (the wait in milliseconds, rounded up: read first by
+OpenAI's SDKs) and ``Retry-After`` in whole seconds rounded up, at least 1, so
+a client that reads only that never comes back early; a backend's own
+``Retry-After`` (integer seconds or an HTTP-date) is passed on as it was
+(``retry_after_header``). ``should_retry`` sets ``x-should-retry``; the
+gateway only ever says ``false`` (see ``proxy.upstream.Upstream.open``).
 """
 
 from __future__ import annotations
 
+import math
+
 import orjson
+
+
+def retry_headers(seconds: float, given: str | None = None) -> dict[str, str]:
+    """``Retry-After`` (``given`` if a backend said it, else whole seconds rounded up,
+    at least 1) and ``retry-after-ms`` (rounded up to the millisecond, at least 1)."""
+    ms = max(1, math.ceil(round(seconds * 1000, 3)))
+    whole = given or str(max(1, math.ceil(round(seconds, 6))))
+    return {"retry-after": whole, "retry-after-ms": str(ms)}
 
 
 class GatewayError(Exception):
     status = 500
     type = "internal_error"
     code: str | None = None
+    should_retry: bool | None = None  # x-should-retry; None: the client's own rules decide
 
     def __init__(
-        self, message: str, *, code: str | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retry_after: float | None = None,
+        retry_after_header: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # seconds to wait
+        self.retry_after_header = retry_after_header  # a backend's own Retry-After, passed on
 
     def payload(self) -> dict[str, object]:
         return {
@@ -50,9 +76,12 @@ class GatewayError(Exception):
         return orjson.dumps(self.payload())
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"retry-after": str(max(1, round(self.retry_after)))}
+        headers: dict[str, str] = {}
+        if self.retry_after is not None:
+            headers = retry_headers(self.retry_after, self.retry_after_header)
+        if self.should_retry is not None:
+            headers["x-should-retry"] = "true" if self.should_retry else "false"
+        return headers
 
     def sse_event(self) -> bytes:
         """The final event of a stream that failed after its first byte."""
@@ -122,9 +151,7 @@ class RequestFailedEverywhere(UpstreamError):
     """
 
     code = "request_failed"
-
-    def headers(self) -> dict[str, str]:
-        return {**super().headers(), "x-should-retry": "false"}
+    should_retry = False
 
 
 class UpstreamTimeout(UpstreamError):

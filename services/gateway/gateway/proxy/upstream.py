@@ -30,9 +30,10 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.proxy.backend_errors import (
+    Failures,
     context_error,
     error_message,
-    retry_after,
+    retry_hint,
     sanitize_error,
     upstream_error,
 )
@@ -112,7 +113,7 @@ class Upstream:
         return self._session
 
     async def open(self, call: Call) -> Opened:
-        """Try endpoints until one answers; raise the last error if none does.
+        """Try endpoints until one answers; if none does, raise what :class:`Failures` says.
 
         A 500 is held against its endpoint only when another endpoint then
         answers the same request (the first was at fault). When a second
@@ -125,10 +126,11 @@ class Upstream:
         """
         tried: list[str] = []
         suspects: list[Lease] = []
-        last: GatewayError = NoBackendAvailable(f"no backend available for model {call.model!r}")
+        failures = Failures(NoBackendAvailable(f"no backend available for model {call.model!r}"))
         for attempt in range(self._settings.max_attempts):
             if attempt and not self._pool.can_retry():
                 self._metrics.retry_budget_exhausted.inc()
+                failures.refused = True
                 break
             lease = self._acquire(call, tried)
             if lease is None:
@@ -138,7 +140,7 @@ class Upstream:
             try:
                 opened = await self._answer(lease, call, tried, suspects)
             except _Retryable as failure:
-                last = failure.error
+                failures.add(failure.error)
                 if self._failed(failure, suspects):
                     raise _request_failed(failure.error) from None
                 self._metrics.retries.labels(failure.outcome).inc()
@@ -147,7 +149,7 @@ class Upstream:
                 for suspect in suspects:
                     suspect.blame()
             return opened
-        raise last
+        raise failures.final(tried=len(tried))
 
     def _failed(self, failure: _Retryable, suspects: list[Lease]) -> bool:
         """Release a failed attempt; True when the request itself is at fault (a second
@@ -386,12 +388,9 @@ class Upstream:
             status, body = 400, context_error(body)  # the client's, whatever the backend said
             return Opened(lease, status, "application/json", None, body)
         if outcome in (Outcome.SERVER_ERROR, Outcome.RATE_LIMITED):
-            raise _Retryable(
-                outcome,
-                upstream_error(status, body),
-                retry_after=retry_after(response) if status == 429 else None,
-                status=status,
-            )
+            hint = retry_hint(response.headers) if status == 429 else None
+            wait = None if hint is None else hint.seconds  # the pool avoids the endpoint
+            raise _Retryable(outcome, upstream_error(status, body, hint), wait, status)
         content_type = response.headers.get("Content-Type", "application/json")
         if outcome is Outcome.CLIENT_ERROR:
             body, content_type = sanitize_error(status, body), "application/json"

@@ -30,7 +30,7 @@ async def test_beyond_max_in_flight_requests_are_shed_with_503_and_retry_after(
     with pytest.raises(Overloaded) as shed:
         await lim.admit(FREE)
     assert shed.value.status == 503
-    assert shed.value.headers() == {"retry-after": "1"}
+    assert shed.value.headers() == {"retry-after": "1", "retry-after-ms": "1000"}
     permits[0].release()
     await lim.admit(FREE)
     assert lim.stats().shed == 1
@@ -61,7 +61,7 @@ async def test_a_tenant_over_its_rate_gets_429_with_the_time_to_wait(clock: Fake
         await lim.admit(tenant)
     assert limited.value.status == 429
     assert limited.value.retry_after == pytest.approx(2.0)
-    assert limited.value.headers() == {"retry-after": "2"}
+    assert limited.value.headers() == {"retry-after": "2", "retry-after-ms": "2000"}
     assert "acme" in limited.value.message
     clock.advance(2.0)
     await lim.admit(tenant)
