@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,11 +19,11 @@ from starlette.responses import Response
 
 from gateway.api import openapi
 from gateway.api.admin import InvalidateBody, admin_router
-from gateway.api.body import describe
+from gateway.api.body import describe, request_id
 from gateway.api.completions import completions_routes
 from gateway.api.embeddings import embeddings_router
-from gateway.api.system import system_router
-from gateway.asgi import HotPaths
+from gateway.api.system import metrics_router, system_router
+from gateway.asgi import HotPaths, OnError
 from gateway.balance.discovery import Discovery, fetch_models, parse_target
 from gateway.balance.engine_poller import EnginePoller
 from gateway.balance.pool import Pool, PoolConfig
@@ -31,7 +31,15 @@ from gateway.cache.layer import CacheLayer
 from gateway.clients.cache import CacheClient
 from gateway.clients.embedder import EmbedderClient
 from gateway.clients.sidecar import Sidecar
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import (
+    Forbidden,
+    GatewayError,
+    HeadersTooLarge,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    Unauthorized,
+)
 from gateway.gate import Gate
 from gateway.metrics import GatewayMetrics
 from gateway.protocol.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -105,14 +113,23 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = GatewayMetrics(self.registry)
+        self.metrics = GatewayMetrics(
+            self.registry,
+            ttft_limit_s=settings.ttft_timeout_s,
+            duration_limit_s=settings.total_timeout_s,
+        )
         self.pool = pool if pool is not None else Pool(settings.pool_config())
+        self.metrics.models.watch(self.pool.has_model)
         self.tracing = tracing or Tracing.from_settings(
             settings.otlp_endpoint, settings.trace_sample_ratio
         )
         self.upstream = Upstream(settings, self.pool, self.metrics)
         self.proxy = Proxy(
-            self.upstream, self.metrics, log_requests=settings.log_requests, tracing=self.tracing
+            self.upstream,
+            self.metrics,
+            log_requests=settings.log_requests,
+            tracing=self.tracing,
+            continuations=settings.stream_continuations,
         )
         self.completions = Completions(settings, self.proxy, self.tracing)
         self.sidecars = Sidecars()
@@ -168,10 +185,18 @@ def create_app(
     pool: Pool | None = None,
     registry: CollectorRegistry | None = None,
     tracing: Tracing | None = None,
+    companion: Companion | None = None,
 ) -> HotPaths:
     """The ASGI app over a :class:`Gateway`: FastAPI for the routes and the OpenAPI
-    document, :class:`HotPaths` in front for the two completion routes."""
+    document, :class:`HotPaths` in front for the two completion routes.
+
+    With ``GATEWAY_METRICS_PORT`` set, ``/metrics`` and ``/admin/*`` are not on
+    this app (404) but on its ``ops`` app, which ``__main__`` serves on that
+    port; ``companion(ops)``, when given, is entered by the lifespan once the
+    gateway has started and left before it stops (``__main__``'s second server).
+    """
     gw = Gateway(settings, pool=pool, registry=registry, tracing=tracing)
+    on_error = ErrorAnswers(gw.metrics, log_rejections=settings.log_requests)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -180,7 +205,8 @@ def create_app(
         gc.collect()
         gc.freeze()
         try:
-            yield
+            async with companion(hot.ops) if companion and hot.ops else contextlib.nullcontext():
+                yield
         finally:
             await gw.stop()
 
@@ -191,42 +217,114 @@ def create_app(
         lifespan=lifespan,
         description="OpenAI-compatible LLM inference gateway",
     )
-    router, hot = completions_routes(settings, gw.completions, gw.gate, gw.tracing)
+    router, routes = completions_routes(settings, gw.completions, gw.gate, gw.tracing)
     app.include_router(router)
-    app.include_router(embeddings_router(settings, lambda: gw.sidecars.embedder, gw.gate))
-    app.include_router(admin_router(settings, lambda: gw.sidecars.cache, gw.gate))
     app.include_router(
-        system_router(gw.pool, gw.registry, gw.metrics, multiprocess=settings.workers > 1)
+        embeddings_router(settings, lambda: gw.sidecars.embedder, gw.gate, gw.metrics)
     )
-    install_error_handlers(app)
+    app.include_router(system_router(gw.pool))
+    ops = app
+    if settings.metrics_port:
+        ops = FastAPI(title="llmgw operations", openapi_url=None, docs_url=None, redoc_url=None)
+        install_error_handlers(ops, on_error)
+    ops.include_router(admin_router(settings, lambda: gw.sidecars.cache, gw.gate))
+    ops.include_router(
+        metrics_router(gw.pool, gw.registry, gw.metrics, multiprocess=settings.workers > 1)
+    )
+    install_error_handlers(app, on_error)
     openapi.install(
         app, [ChatCompletionRequest, CompletionRequest, EmbeddingRequest, InvalidateBody]
     )
-    return HotPaths(app, hot, error_response, max_header_bytes=settings.max_header_bytes)
+    limit = settings.max_header_bytes
+    hot = HotPaths(app, routes, on_error, max_header_bytes=limit)
+    if ops is not app:
+        hot.ops = HotPaths(ops, {}, on_error, max_header_bytes=limit)
+    return hot
 
 
-def error_response(request: Request, exc: Exception) -> Response:
-    """Every error leaves in the OpenAI shape, with the request id when there is one."""
+# Entered by the lifespan with the operations app (see create_app).
+Companion = Callable[[HotPaths], contextlib.AbstractAsyncContextManager[object]]
+
+
+def _rejection(request: Request, exc: Exception) -> str | None:
+    """Why a request was refused before it was served, or None (not a refusal)."""
+    at_door = getattr(request.state, "rejection", None)  # gate.py: limits, load
+    if at_door is not None:
+        return str(at_door)
+    if isinstance(exc, StarletteHTTPException):
+        return "not_found" if exc.status_code in (404, 405) else "invalid_request"
     if isinstance(exc, RequestValidationError):
-        exc = InvalidRequest(describe(exc))  # type: ignore[arg-type]
-    elif isinstance(exc, StarletteHTTPException):
+        return "invalid_request"
+    for kind, reason in _REJECTIONS:
+        if isinstance(exc, kind):
+            return reason
+    return None  # 5xx, and 429/503 that came from the backends, are not refusals
+
+
+_REJECTIONS: tuple[tuple[type[GatewayError], str], ...] = (
+    (HeadersTooLarge, "headers_too_large"),
+    (PayloadTooLarge, "payload_too_large"),
+    (InvalidRequest, "invalid_request"),
+    (Unauthorized, "unauthorized"),
+    (Forbidden, "forbidden"),
+    (ModelNotFound, "model_not_found"),
+)
+
+
+class ErrorAnswers:
+    """Every error leaves in the OpenAI shape, with the request id; a request refused
+    before it was served is counted by reason (``gateway_rejected_requests_total``)
+    and logged (``request_rejected``: request id, method, route, status, reason)."""
+
+    def __init__(self, metrics: GatewayMetrics | None, *, log_rejections: bool) -> None:
+        self._metrics = metrics
+        self._log = log_rejections
+
+    def __call__(self, request: Request, exc: Exception) -> Response:
+        reason = _rejection(request, exc)
+        error = as_gateway_error(request, exc)
+        rid = getattr(request.state, "request_id", None)
+        if reason is not None:
+            rid = rid or request_id(request)
+            if self._metrics is not None:
+                self._metrics.rejected.labels(reason).inc()
+            if self._log:
+                log.info(
+                    "request_rejected",
+                    request_id=rid,
+                    method=request.scope.get("method", ""),
+                    route=request.url.path[:200],
+                    status=error.status,
+                    reason=reason,
+                )
+        headers = [(k.encode(), v.encode()) for k, v in error.headers().items()]
+        if rid:
+            headers.append((b"x-request-id", rid.encode()))
+        return RawResponse(error.body(), error.status, "application/json", headers)
+
+
+def as_gateway_error(request: Request, exc: Exception) -> GatewayError:
+    if isinstance(exc, RequestValidationError):
+        return InvalidRequest(describe(exc))  # type: ignore[arg-type]
+    if isinstance(exc, StarletteHTTPException):
         error = GatewayError(str(exc.detail))
         error.status = exc.status_code
         error.type = "invalid_request_error" if exc.status_code < 500 else "internal_error"
-        exc = error
-    elif not isinstance(exc, GatewayError):
+        return error
+    if not isinstance(exc, GatewayError):
         log.error("unhandled_error", path=request.url.path, exc_info=exc)
-        exc = GatewayError("Internal error in the gateway")
-    headers = [(k.encode(), v.encode()) for k, v in exc.headers().items()]
-    rid = getattr(request.state, "request_id", None)
-    if rid:
-        headers.append((b"x-request-id", rid.encode()))
-    return RawResponse(exc.body(), exc.status, "application/json", headers)
+        return GatewayError("Internal error in the gateway")
+    return exc
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def error_response(request: Request, exc: Exception) -> Response:
+    """An error in the OpenAI shape, neither counted nor logged (see :class:`ErrorAnswers`)."""
+    return ErrorAnswers(None, log_rejections=False)(request, exc)
+
+
+def install_error_handlers(app: FastAPI, on_error: OnError = error_response) -> None:
     async def handler(request: Request, exc: Exception) -> Response:
-        return error_response(request, exc)
+        return on_error(request, exc)
 
     for kind in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(kind, handler)

@@ -8,6 +8,11 @@ CPU and adding to time to first token. :class:`HotPaths` serves
 same handlers and the same error answers, and hands everything else (other
 routes, the OpenAPI document, lifespan events) to the FastAPI app. The hot
 routes stay declared in FastAPI too, so the OpenAPI document describes them.
+
+Every error it answers goes through ``on_error`` (the app's ``ErrorAnswers``:
+the OpenAI shape, and a refusal counted and logged). ``ops`` is the
+operations app (``/metrics``, ``/admin/*``) when it has a port of its own
+(``GATEWAY_METRICS_PORT``), else None.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class HotPaths:
         self._routes = routes
         self._on_error = on_error
         self._max_header_bytes = max_header_bytes
+        self.ops: HotPaths | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:

@@ -5,7 +5,9 @@ hashed keys from a file or Redis, per-tenant rate and stream limits shared
 through Redis with a local fallback, and global load shedding). The permit is
 kept on the request (``request.state.permit``) and released by the outermost
 ASGI layer when the response has really ended: the last byte of a stream, an
-error, or a client that went away.
+error, or a client that went away. A refusal by the limits is marked on the
+request (``request.state.rejection``), so the error answer counts it by reason
+(``app.ErrorAnswers``) and a backend's own 429 or 503 is not taken for one.
 """
 
 from __future__ import annotations
@@ -48,10 +50,10 @@ class Gate:
         try:
             request.state.permit = await self.limiter.admit(tenant)
         except RateLimited:
-            self._metrics.rejected.labels("rate_limited").inc()
+            request.state.rejection = "rate_limited"
             raise
         except Overloaded:
-            self._metrics.rejected.labels("overloaded").inc()
+            request.state.rejection = "overloaded"
             raise
         return tenant
 

@@ -68,6 +68,12 @@ class GatewaySettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="/metrics and /admin/* on this port only (404 on the API one); 0: API port",
+    )
     keepalive_s: float = Field(
         75.0, gt=0, description="idle client connections kept open (above clients' idle pools)"
     )
@@ -187,6 +193,12 @@ class GatewaySettings(BaseSettings):
     )
     hedge_budget_ratio: float = Field(
         _default(HedgeConfig, "budget").ratio, ge=0, le=1, description="hedges / recent requests"
+    )
+    stream_continuations: int = Field(
+        1,
+        ge=0,
+        description="a stream whose replica breaks after the first byte is continued on"
+        " another this many times at most (0: off; chat needs vLLM's continue_final_message)",
     )
     engine_metrics: bool = Field(True, description="poll vLLM /metrics for queue depth")
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import orjson
 import pytest
 
-from gateway.cache.keys import chat_key, completion_key
+from gateway.cache.keys import IGNORED, chat_key, completion_key
 from gateway.cache.policy import decide
 from gateway.protocol import answer as stored
 from gateway.protocol.calls import Kind
@@ -52,6 +53,105 @@ def test_stream_flags_and_user_do_not_split_the_cache() -> None:
 )
 def test_every_generation_parameter_is_part_of_the_namespace(field: str, value: Any) -> None:
     assert chat_key("t", chat()).namespace != chat_key("t", chat(**{field: value})).namespace
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("user", "u1"),
+        ("safety_identifier", "s1"),
+        ("metadata", {"team": "a"}),
+        ("store", True),
+        ("request_id", "req-1"),
+        ("priority", 5),
+        ("service_tier", "flex"),
+        ("prompt_cache_key", "k"),
+        ("stream", True),
+        ("stream_options", {"include_usage": True}),
+    ],
+)
+def test_fields_that_cannot_change_the_answer_share_the_cache(field: str, value: Any) -> None:
+    assert IGNORED.get(field)  # listed in one place, with a reason
+    assert chat_key("t", chat()) == chat_key("t", chat(**{field: value}))
+    prompt = {"model": "m", "temperature": 0, "prompt": "Once"}
+    plain = completion_key("t", CompletionRequest.model_validate(prompt))
+    other = completion_key("t", CompletionRequest.model_validate({**prompt, field: value}))
+    assert plain == other
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("seed", 7),
+        ("n", 2),
+        ("logprobs", True),
+        ("top_logprobs", 3),
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("parallel_tool_calls", False),
+        ("cache_salt", "tenant-secret"),
+        ("chat_template_kwargs", {"enable_thinking": False}),  # unknown fields count
+    ],
+)
+def test_fields_that_change_the_answer_or_what_is_returned_split_the_cache(
+    field: str, value: Any
+) -> None:
+    assert field not in IGNORED
+    assert chat_key("t", chat()).namespace != chat_key("t", chat(**{field: value})).namespace
+
+
+def test_completion_echo_best_of_and_logprobs_split_the_cache() -> None:
+    prompt = {"model": "m", "temperature": 0, "prompt": "Once"}
+    plain = completion_key("t", CompletionRequest.model_validate(prompt))
+    for field, value in (("echo", True), ("best_of", 2), ("logprobs", 1), ("seed", 1)):
+        other = completion_key("t", CompletionRequest.model_validate({**prompt, field: value}))
+        assert plain.namespace != other.namespace, field
+
+
+def image(url: str, text: str = "What is in it?") -> ChatCompletionRequest:
+    parts = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
+    return chat([{"role": "user", "content": parts}])
+
+
+PNG = base64.b64encode(b"\x89PNG fake image bytes").decode()
+OTHER_PNG = base64.b64encode(b"\x89PNG other image bytes").decode()
+
+
+def test_inline_images_are_keyed_by_their_bytes() -> None:
+    one = chat_key("t", image(f"data:image/png;base64,{PNG}"))
+    wrapped = "\n".join(PNG[i : i + 8] for i in range(0, len(PNG), 8))  # same bytes
+    assert chat_key("t", image(f"data:image/png;base64,{wrapped}")) == one
+    assert chat_key("t", image(f"data:image/png;base64,{OTHER_PNG}")).exact_key != one.exact_key
+    assert chat_key("t", image(f"data:image/jpeg;base64,{PNG}")).exact_key != one.exact_key
+    assert one.text is None  # not text only: exact-only
+    # an image in an earlier turn is part of the namespace, by its bytes too
+    history = [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,x"}}]},
+        {"role": "assistant", "content": "A cat."},
+        {"role": "user", "content": "And its colour?"},
+    ]
+    other = [{**history[0], "content": [{"type": "image_url", "image_url": {"url": "data:,y"}}]}]
+    one, two = chat_key("t", chat(history)), chat_key("t", chat(other + history[1:]))
+    assert one.namespace != two.namespace
+
+
+def test_inline_images_are_cached_and_images_by_url_are_not() -> None:
+    inline = decide(image(f"data:image/png;base64,{PNG}"), "", "", deterministic_only=True)
+    assert not inline.bypass
+    for url in ("https://example.com/cat.png", "http://example.com/cat.png"):
+        assert decide(image(url), "", "", deterministic_only=True).bypass
+        assert decide(image(url), "", "force", deterministic_only=False).bypass
+    video = chat(
+        [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "https://v"}}]}]
+    )
+    assert decide(video, "", "", deterministic_only=True).bypass
+    by_id = chat([{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]}])
+    assert decide(by_id, "", "", deterministic_only=True).bypass
+    inline_file = chat(
+        [{"role": "user", "content": [{"type": "file", "file": {"file_data": PNG}}]}]
+    )
+    assert not decide(inline_file, "", "", deterministic_only=True).bypass
+    unknown = chat([{"role": "user", "content": [{"type": "image_pil", "image_pil": "?"}]}])
+    assert decide(unknown, "", "", deterministic_only=True).bypass
 
 
 def test_tenant_is_part_of_the_namespace() -> None:
@@ -100,8 +200,9 @@ def test_policy_caches_only_deterministic_requests_unless_forced() -> None:
     )
     assert decide(default_temperature, "", "", deterministic_only=True).bypass
     assert decide(chat(n=2), "", "", deterministic_only=True).bypass
-    assert decide(chat(tools=[{"type": "function"}]), "", "", deterministic_only=True).bypass
-    assert decide(chat(logprobs=True), "", "", deterministic_only=True).bypass
+    # tool calls and log probabilities are stored and replayed whole: cacheable like text
+    assert not decide(chat(tools=[{"type": "function"}]), "", "", deterministic_only=True).bypass
+    assert not decide(chat(logprobs=True, top_logprobs=2), "", "", deterministic_only=True).bypass
 
 
 def test_cache_control_opts_out() -> None:

@@ -72,14 +72,20 @@ def completions_routes(
             call.prompt = prompt_text(req)
         if tracing.enabled:
             call.span, call.trace = tracing.start_request(
-                f"POST {kind.route}",
+                kind.route,
                 call.headers,
-                {
-                    "llm.model": req.model,
-                    "llm.stream": req.stream,
-                    "tenant": tenant.name,
-                    "request_id": rid,
+                kind=kind.value,
+                model=req.model,
+                stream=req.stream,
+                request={
+                    "gen_ai.request.max_tokens": req.token_limit(),
+                    "gen_ai.request.temperature": req.temperature,
+                    "gen_ai.request.top_p": req.top_p,
+                    "gen_ai.request.seed": req.seed,
+                    "gen_ai.request.choice.count": req.n if req.n != 1 else None,
                 },
+                tenant=tenant.name,
+                request_id=rid,
             )
             tracing.inject(call.trace, call.headers)  # traceparent to the model server
         return await completions.serve(

@@ -24,12 +24,10 @@ def scrape_registry(registry: CollectorRegistry, multiprocess: bool) -> Collecto
     return merged
 
 
-def system_router(
-    pool: Pool, registry: CollectorRegistry, metrics: GatewayMetrics, *, multiprocess: bool
-) -> APIRouter:
+def system_router(pool: Pool) -> APIRouter:
+    """``/v1/models``, ``/healthz`` and ``/readyz``: on the API port, always."""
     router = APIRouter()
     started = int(time.time())
-    scrape = scrape_registry(registry, multiprocess)
 
     @router.get("/v1/models")
     async def list_models() -> Response:
@@ -44,16 +42,41 @@ def system_router(
         return {"status": "ok"}
 
     @router.get("/readyz")
-    async def readyz() -> Response:
-        ready = pool.ready()
+    async def readyz(backends: bool = False) -> Response:
+        """Can this gateway answer? Its loop is serving (this answer) and it knows at
+        least one model, so every request gets the gateway's own answer, a 503
+        in the OpenAI shape included when every breaker is open. Whether the
+        backends can answer is ``backends_usable``; ``?backends=1`` makes that
+        the status too (the old meaning, for a check that wants it)."""
+        models = pool.models()
+        usable = pool.ready()
+        ready = bool(models) and (usable or not backends)
+        if not models:
+            status = "no model known"
+        else:
+            status = "ready" if usable else "ready; no usable backend"
+            if backends and not usable:
+                status = "no usable backend"
         body = {
-            "status": "ready" if ready else "no usable backend",
+            "status": status,
+            "models": len(models),
+            "backends_usable": usable,
             "endpoints": [
                 {"name": s.name, "breaker": str(s.breaker), "pending": s.pending}
                 for s in pool.snapshot()
             ],
         }
         return RawResponse(orjson.dumps(body), 200 if ready else 503, "application/json")
+
+    return router
+
+
+def metrics_router(
+    pool: Pool, registry: CollectorRegistry, metrics: GatewayMetrics, *, multiprocess: bool
+) -> APIRouter:
+    """``/metrics``: on the API port, or on ``GATEWAY_METRICS_PORT`` when it is set."""
+    router = APIRouter()
+    scrape = scrape_registry(registry, multiprocess)
 
     @router.get(
         "/metrics",

@@ -22,10 +22,11 @@ A lookup's ending is the ``outcome`` label of ``gateway_cache_lookups_total``
 (``protocol.headers.CacheOutcome``, the ``X-Cache`` header), so it is its own
 vocabulary, spelled as Prometheus labels are.
 
-Store, after the response's last byte: a background task assembles the stored
-form, embeds the text if the lookup did not, and sends it to the cache
-service. Pending stores are bounded; past the bound new stores are dropped and
-counted rather than piling up.
+Store, after the response's last byte: an answer a replay could not give back
+whole (``protocol.fidelity``) is not stored (``outcome="unreplayable"``);
+otherwise a background task embeds the text if the lookup did not, and sends
+the stored form to the cache service. Pending stores are bounded; past the
+bound new stores are dropped and counted rather than piling up.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from gateway.clients.cache import CacheClient, HitKind
 from gateway.clients.embedder import EmbedderClient
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
+from gateway.protocol import answer
 from gateway.protocol.headers import CacheOutcome
 from gateway.settings import GatewaySettings
 from gateway.tracing import Tracing
@@ -233,6 +235,11 @@ class CacheLayer:
         upstream_s: float,
         request_id: str,
     ) -> None:
+        field = answer.unreplayable(stored)
+        if field is not None:  # a replay would lose it: better a miss than a lossy hit
+            self._metrics.cache_stores.labels("unreplayable").inc()
+            log.info("cache_store_unreplayable", request_id=request_id, field=field)
+            return
         if len(self._pending) >= MAX_PENDING_STORES:
             self._metrics.cache_stores.labels("dropped").inc()
             return

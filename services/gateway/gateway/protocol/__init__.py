@@ -6,7 +6,8 @@
 - ``sse``: watching an SSE stream as it passes (first token, ``[DONE]``,
   error events, usage), whatever the TCP reads cut;
 - ``answer``: a complete answer assembled from a stream or a body, and
-  replayed as JSON or as SSE.
+  replayed as JSON or as SSE (``assemble``, ``replay``; ``fidelity``: the
+  fields a replay gives back, so what the cache may store).
 
 This package imports nothing else of the gateway; every layer may import it.
 """

@@ -22,13 +22,15 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from gateway.balance.lease import Lease
 from gateway.balance.outcome import Outcome, classify
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import answer
 from gateway.protocol.sse import StreamWatch
 from gateway.proxy.call import Call, Completion
-from gateway.proxy.stream import StreamResponse
+from gateway.proxy.continuation import FINISH, Splicer, continuation_body, partial_answer
+from gateway.proxy.stream import Resume, Resumed, StreamResponse
 from gateway.proxy.upstream import Opened, Upstream
 from gateway.responses import RawResponse
 from gateway.tracing import Tracing
@@ -49,7 +51,9 @@ class Proxy:
         *,
         log_requests: bool,
         tracing: Tracing | None = None,
+        continuations: int = 0,
     ) -> None:
+        self._continuations = continuations  # per stream, after its first byte
         self._tracing = tracing or Tracing(None)
         self._upstream = upstream
         self._metrics = metrics
@@ -75,7 +79,7 @@ class Proxy:
 
     def open(self, call: Call) -> Coroutine[Any, Any, Opened]:
         """The upstream attempt(s), up to the first byte (see ``proxy.upstream``)."""
-        call.upstream_span = self._tracing.start_child("upstream", call.trace, model=call.model)
+        call.upstream_span = self._tracing.start_inference(call.trace)  # "chat {model}"
         return self._open_unless_client_leaves(call)
 
     async def answer(
@@ -104,8 +108,10 @@ class Proxy:
         if opened.response is None:
             return self._whole(call, opened, headers, keep, observe)
 
-        def done(outcome: Outcome, watch: StreamWatch, copy: list[bytes] | None) -> None:
-            opened.lease.release(outcome)  # first: pending drops whatever happens next
+        def done(
+            outcome: Outcome, watch: StreamWatch, copy: list[bytes] | None, lease: Lease
+        ) -> None:
+            lease.release(outcome)  # first: pending drops whatever happens next
             whole = None
             if copy is not None and outcome is Outcome.SUCCESS:
                 whole = answer.from_stream(call.kind, b"".join(copy))
@@ -129,7 +135,39 @@ class Proxy:
             extra_headers=headers[1:],
             keep_copy=keep,
             observe_gap=self._gap,
+            resume=self._resumer(call) if self._continuations else None,
+            max_continuations=self._continuations,
         )
+
+    def _resumer(self, call: Call) -> Resume:
+        """How a stream of ``call`` whose upstream broke is continued (``proxy.continuation``)."""
+
+        async def resume(broken: Outcome, lease: Lease, sent: bytes) -> Resumed:
+            partial = partial_answer(call.kind, sent)
+            failed = lease.endpoint.name
+            lease.release(broken)  # the replica broke the stream: its failure
+            self._count_attempt(call, broken)
+            if partial.finished:  # the whole answer is out; only the end marker is missing
+                self._metrics.continuations.labels("finished").inc()
+                return FINISH
+            body = continuation_body(call.kind, call.body, partial)
+            if body is None or not self._upstream.can_retry():
+                self._metrics.continuations.labels("not_continuable").inc()
+                return None
+            call.body = body
+            try:
+                opened = await self._upstream.open(call, exclude=(failed,))
+            except GatewayError:
+                self._metrics.continuations.labels("failed").inc()
+                return None
+            if opened.response is None:  # an error answer: nothing to splice
+                opened.lease.release(classify(opened.status))
+                self._metrics.continuations.labels("failed").inc()
+                return None
+            self._metrics.continuations.labels("continued").inc()
+            return opened, Splicer(call.kind, partial)
+
+        return resume
 
     def _whole(
         self,
@@ -244,7 +282,18 @@ class Proxy:
         if tokens_in:
             m.tokens.labels(call.model, "in").inc(tokens_in)
         if call.span is not None:
-            Tracing.end(call.upstream_span, status, endpoint=call.endpoint, attempts=call.attempts)
+            Tracing.end_inference(
+                call.upstream_span,
+                status,
+                outcome,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                answer=completion.answer if completion else None,
+                sent_at=call.upstream_started,
+                first_chunk_at=call.first_token_at,
+                endpoint=call.endpoint,
+                attempts=call.attempts,
+            )
             Tracing.end(call.span, status, cache=call.cache, outcome=outcome)
         if self._log_requests:
             log.info(

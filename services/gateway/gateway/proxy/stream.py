@@ -8,33 +8,42 @@ and closes the upstream connection at once, so the model server stops
 generating for nobody.
 
 After the first byte nothing is retried: a failure (connection broken, idle
-timeout, total timeout, a stream that ends without ``[DONE]``) becomes one
-final SSE error event in the OpenAI error shape, and the stream ends. An error
-event the backend sent itself is passed through as it is.
+timeout, total timeout, a stream that ends without ``[DONE]``) is continued on
+another replica when the proxy gives a ``resume`` (``proxy.continuation``),
+else becomes one final SSE error event in the OpenAI error shape, and the
+stream ends. An error event the backend sent itself is passed through as it
+is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 from starlette.responses import Response
 
+from gateway.balance.lease import Lease
 from gateway.balance.outcome import ErrorKind, Outcome, classify
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.protocol.sse import StreamWatch
 from gateway.proxy.call import Call
+from gateway.proxy.continuation import Splicer
 from gateway.proxy.upstream import Opened
 
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
-# How the stream ended, what the watcher saw, and the copy of its bytes (if kept);
-# it releases the lease.
-OnDone = Callable[[Outcome, StreamWatch, list[bytes] | None], None]
+# How the stream ended, what the watcher saw, the copy of its bytes (if kept) and
+# the lease of the upstream that served its end; it releases that lease.
+OnDone = Callable[[Outcome, StreamWatch, list[bytes] | None, Lease], None]
+# Asked to continue a stream whose upstream broke (how, the broken upstream's lease,
+# the bytes sent so far): a new upstream and how to splice it, the bytes that end
+# the stream, or None (it cannot be continued).
+Resumed = tuple[Opened, Splicer] | bytes | None
+Resume = Callable[[Outcome, Lease, bytes], Awaitable[Resumed]]
 
 STREAM_HEADERS = [
     (b"cache-control", b"no-cache"),
@@ -54,7 +63,11 @@ class StreamResponse(Response):
         extra_headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
         keep_copy: bool = False,
         observe_gap: Callable[[float], None] | None = None,
+        resume: Resume | None = None,
+        max_continuations: int = 1,
     ) -> None:
+        self._resume = resume
+        self._max_legs = max_continuations
         self.status_code = 200
         self.background = None
         self._opened = opened
@@ -66,7 +79,7 @@ class StreamResponse(Response):
             (b"x-request-id", call.request_id.encode("latin-1")),
             *extra_headers,
         ]
-        self._copy: list[bytes] | None = [] if keep_copy else None
+        self._copy: list[bytes] | None = [] if keep_copy or resume is not None else None
         self._observe_gap = observe_gap
         self._client_gone = False
         self._watch = StreamWatch()
@@ -81,21 +94,32 @@ class StreamResponse(Response):
         try:
             outcome = await self._serve(receive, send)
         finally:
-            self._on_done(outcome, self._watch, self._copy)
+            self._on_done(outcome, self._watch, self._copy, self._opened.lease)
 
     async def _serve(self, receive: Receive, send: Send) -> Outcome:
-        call, opened = self._call, self._opened
-        assert opened.response is not None
         watch = self._watch
-        watcher = asyncio.ensure_future(self._watch_disconnect(receive, opened.response))
+        watcher = asyncio.ensure_future(self._watch_disconnect(receive))
         failure: ErrorKind | None = None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            failure = await self._pump(send, watch)
+            failure = await self._leg(send, None)
+            legs = 0
+            while self._resume is not None and legs < self._max_legs and self._continuable(failure):
+                broken = classify(200, terminal_seen=watch.done, error=failure)
+                copy = b"".join(self._copy or ())
+                resumed = await self._resume(broken, self._opened.lease, copy)
+                if isinstance(resumed, bytes):  # only the end was missing
+                    watch.feed(resumed)
+                    await send({"type": "http.response.body", "body": resumed, "more_body": True})
+                    failure = None
+                    break
+                if resumed is None:
+                    break
+                legs += 1
+                self._opened, splicer = resumed
+                failure = await self._leg(send, splicer)
         finally:
             watcher.cancel()
-            opened.response.release()
-            call.upstream_ended = time.perf_counter()
         if self._client_gone:
             failure = ErrorKind.CLIENT_DISCONNECT
         outcome = classify(
@@ -112,8 +136,28 @@ class StreamResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return outcome
 
-    async def _pump(self, send: Send, watch: StreamWatch) -> ErrorKind | None:
-        """Forward chunks until the upstream ends; return what broke it, if anything."""
+    async def _leg(self, send: Send, splicer: Splicer | None) -> ErrorKind | None:
+        """One upstream's part of the stream (the first, or a continuation)."""
+        opened = self._opened
+        assert opened.response is not None
+        try:
+            return await self._pump(send, self._watch, splicer)
+        finally:
+            opened.response.release()
+            self._call.upstream_ended = time.perf_counter()
+
+    def _continuable(self, failure: ErrorKind | None) -> bool:
+        """The upstream broke (not the client, not an error event it sent, not done)."""
+        watch = self._watch
+        if self._client_gone or watch.error is not None or watch.done:
+            return False
+        return failure in (None, ErrorKind.TIMEOUT, ErrorKind.READ)
+
+    async def _pump(
+        self, send: Send, watch: StreamWatch, splicer: Splicer | None
+    ) -> ErrorKind | None:
+        """Forward chunks until the upstream ends; return what broke it, if anything.
+        A continuation's chunks are rewritten by ``splicer`` first."""
         call, opened, copy = self._call, self._opened, self._copy
         assert opened.response is not None
         observe_gap = self._observe_gap
@@ -122,6 +166,9 @@ class StreamResponse(Response):
         reader = opened.response.content
         try:
             while chunk:
+                if splicer is not None and not (chunk := splicer.feed(chunk)):
+                    chunk = await reader.readany()
+                    continue
                 if watch.feed(chunk):
                     opened.lease.first_token()
                     call.first_token_at = time.perf_counter()
@@ -141,12 +188,14 @@ class StreamResponse(Response):
             return ErrorKind.READ
         return None
 
-    async def _watch_disconnect(self, receive: Receive, response: aiohttp.ClientResponse) -> None:
+    async def _watch_disconnect(self, receive: Receive) -> None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 self._client_gone = True
-                response.close()  # stops the upstream generating for nobody
+                response = self._opened.response
+                if response is not None:
+                    response.close()  # stops the upstream generating for nobody
                 return
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from dataclasses import dataclass
 
 import aiohttp
 
+from gateway.balance.endpoint import EndpointSpec
 from gateway.balance.errors import NoEndpoint, UnknownModel
 from gateway.balance.outcome import ErrorKind, Outcome, classify, is_context_overflow
 from gateway.balance.pool import Lease, Pool
@@ -40,6 +41,7 @@ from gateway.proxy.backend_errors import (
 from gateway.proxy.call import Call
 from gateway.proxy.hedging import Race
 from gateway.settings import GatewaySettings
+from gateway.tracing import Tracing
 
 
 @dataclass(slots=True)
@@ -112,7 +114,11 @@ class Upstream:
         assert self._session is not None, "Upstream.start() was not awaited"
         return self._session
 
-    async def open(self, call: Call) -> Opened:
+    def can_retry(self) -> bool:
+        """Whether the retry budget allows one more attempt (counted when it does)."""
+        return self._pool.can_retry()
+
+    async def open(self, call: Call, exclude: Collection[str] = ()) -> Opened:
         """Try endpoints until one answers; if none does, raise what :class:`Failures` says.
 
         A 500 is held against its endpoint only when another endpoint then
@@ -124,7 +130,7 @@ class Upstream:
 
         A stream whose first token is late is hedged (:meth:`_answer`).
         """
-        tried: list[str] = []
+        tried: list[str] = list(exclude)  # endpoints not to try (a stream's broken one)
         suspects: list[Lease] = []
         failures = Failures(NoBackendAvailable(f"no backend available for model {call.model!r}"))
         for attempt in range(self._settings.max_attempts):
@@ -148,6 +154,8 @@ class Upstream:
             if opened.status < 400:  # another endpoint answered: the earlier 5xx were theirs
                 for suspect in suspects:
                     suspect.blame()
+            spec = opened.lease.endpoint
+            Tracing.server(call.upstream_span, spec.url, spec.server_hostname)
             return opened
         raise failures.final(tried=len(tried))
 
@@ -333,10 +341,21 @@ class Upstream:
                 UpstreamError("The model server could not be reached"),
             ) from exc
 
-    async def _open_stream(self, lease: Lease, url: str, call: Call) -> Opened:
-        response = await self.session.post(
-            url, data=call.body, headers=call.headers, timeout=self._stream_timeout
+    async def _post(
+        self, spec: EndpointSpec, url: str, call: Call, limits: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
+        """A replica whose URL holds its address gets its host name as TLS SNI and ``Host``."""
+        headers = {**call.headers, "Host": spec.host_header} if spec.host_header else call.headers
+        return await self.session.post(
+            url,
+            data=call.body,
+            headers=headers,
+            timeout=limits,
+            server_hostname=spec.server_hostname or None,
         )
+
+    async def _open_stream(self, lease: Lease, url: str, call: Call) -> Opened:
+        response = await self._post(lease.endpoint, url, call, self._stream_timeout)
         if response.status != 200:
             return await self._finish_unary(lease, response, call)
         try:
@@ -371,9 +390,7 @@ class Upstream:
         raise _Retryable(Outcome.STREAM_ERROR_EVENT, upstream_error(500, event), status=500)
 
     async def _unary(self, lease: Lease, url: str, call: Call) -> Opened:
-        response = await self.session.post(
-            url, data=call.body, headers=call.headers, timeout=self._unary_timeout
-        )
+        response = await self._post(lease.endpoint, url, call, self._unary_timeout)
         return await self._finish_unary(lease, response, call)
 
     async def _finish_unary(

@@ -1,10 +1,30 @@
+import shutil
+import ssl
+import subprocess
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
+import aiohttp
+import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
 
-from gateway.balance import Outcome
-from gateway.balance.discovery import Discovery, Target, expand, fetch_models, parse_target
+from gateway.balance import EndpointSpec, Outcome
+from gateway.balance.discovery import (
+    Discovery,
+    Target,
+    expand,
+    fetch_models,
+    named_url,
+    parse_target,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.protocol.calls import Kind
+from gateway.proxy.call import Call
+from gateway.proxy.upstream import Upstream
+from gateway.settings import GatewaySettings
 
 from .conftest import PoolFactory
 
@@ -45,6 +65,43 @@ def test_expand_uses_the_scheme_default_port_and_the_target_name() -> None:
     target = Target("https://vllm.example", resolve=True, name="vllm")
     (only,) = expand(target, ["192.0.2.7"])
     assert (only.url, only.name) == ("https://192.0.2.7:443", "vllm/192.0.2.7")
+
+
+def test_https_replicas_keep_the_host_name_for_tls_and_http_ones_do_not() -> None:
+    (tls,) = expand(parse_target("dns+https://vllm.example:8443"), ["192.0.2.7"])
+    assert (tls.url, tls.server_hostname, tls.host_header) == (
+        "https://192.0.2.7:8443",
+        "vllm.example",
+        "vllm.example:8443",
+    )
+    assert named_url(tls) == "https://vllm.example:8443"
+    (default_port,) = expand(parse_target("dns+https://vllm.example"), ["192.0.2.7"])
+    assert (default_port.server_hostname, default_port.host_header) == ("vllm.example",) * 2
+    (plain,) = expand(HEADLESS, ["10.0.0.1"])
+    assert (plain.server_hostname, plain.host_header) == ("", "")
+    assert named_url(plain) == plain.url
+    (literal,) = expand(parse_target("dns+https://192.0.2.9:8443"), ["192.0.2.9"])
+    assert literal.server_hostname == ""  # an address names nothing else
+
+
+async def test_a_dns_https_replica_lists_its_models_through_its_name(
+    make_pool: PoolFactory,
+) -> None:
+    asked: list[str] = []
+
+    async def fetch(url: str) -> tuple[str, ...]:
+        asked.append(url)
+        return ("llama",)
+
+    dns = FakeDns({"vllm.example": ["192.0.2.7", "192.0.2.8"]})
+    pool = make_pool()
+    target = parse_target("dns+https://vllm.example:8443")
+    specs = await Discovery(pool, [target], resolver=dns, fetch=fetch).refresh()
+    assert asked == ["https://vllm.example:8443"] * 2
+    assert [(s.url, s.models, s.server_hostname) for s in specs] == [
+        ("https://192.0.2.7:8443", ("llama",), "vllm.example"),
+        ("https://192.0.2.8:8443", ("llama",), "vllm.example"),
+    ]
 
 
 async def test_refresh_adds_new_pods_drains_gone_ones_and_keeps_survivors(
@@ -116,3 +173,73 @@ async def test_the_real_resolver_expands_localhost(make_pool: PoolFactory) -> No
     urls = {s.url for s in pool.snapshot()}
     assert "http://127.0.0.1:9" in urls
     assert "http://localhost:9" not in urls
+
+
+TLS_NAME = "vllm.tls.test"
+
+
+def _certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name`` (the ``cryptography`` package is not a
+    dependency here; the openssl CLI makes one)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl CLI to make a test certificate")
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        [
+            openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+            "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+async def test_a_dns_https_replica_is_reached_by_address_and_verified_by_name(
+    tmp_path: Path, make_pool: PoolFactory
+) -> None:
+    """A local TLS server whose certificate names only ``TLS_NAME``: the gateway
+    connects to the address DNS gave, sends the name as SNI (verified against
+    the certificate) and as ``Host``. The bare address URL fails verification."""
+    key, cert = _certificate(tmp_path, TLS_NAME)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    sni: list[str | None] = []
+    server_tls.sni_callback = lambda _tls, name, _context: sni.append(name)
+    hosts: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        hosts.append(request.host)
+        return web.json_response({"object": "chat.completion", "choices": []})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls)
+    await site.start()
+    port = runner.addresses[0][1]
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    upstream = Upstream(GatewaySettings(), make_pool(), GatewayMetrics(CollectorRegistry()))
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_tls))
+    upstream._session = session  # the gateway's own session, trusting the test's certificate
+    try:
+        dns = FakeDns({TLS_NAME: ["127.0.0.1"]})
+        target = parse_target(f"dns+https://{TLS_NAME}:{port}", ["m"])
+        pool = upstream._pool
+        (spec,) = await Discovery(pool, [target], resolver=dns).refresh()
+        assert spec.url == f"https://127.0.0.1:{port}"
+        call = Call(Kind.CHAT, "m", False, b'{"model": "m"}', {}, "rid")
+        opened = await upstream.open(call)
+        opened.lease.release(Outcome.SUCCESS)
+        assert opened.status == 200
+        assert (sni, hosts) == ([TLS_NAME], [f"{TLS_NAME}:{port}"])
+
+        bare: EndpointSpec = replace(spec, server_hostname="", host_header="")
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await session.post(f"{bare.url}/v1/chat/completions", data=b"{}")
+    finally:
+        await session.close()
+        await runner.cleanup()

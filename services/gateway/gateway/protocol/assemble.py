@@ -1,0 +1,239 @@
+"""A streamed answer assembled into the non-streamed OpenAI object, losing nothing.
+
+What a stream carries and where it ends up (``protocol.fidelity`` lists the
+same fields; a field met here that is not one of them is kept as it came, so
+that the fidelity check refuses to store the answer rather than lose it):
+
+- chunk: ``id``, ``created``, ``model`` from the first chunk; ``usage`` the
+  last one sent (vLLM's ``continuous_usage_stats`` sends one per chunk);
+  ``system_fingerprint``, ``service_tier`` as last seen; OpenAI's
+  ``obfuscation`` (random padding, different in every chunk) is dropped;
+- choice: ``finish_reason`` and vLLM's ``stop_reason`` (last non-null),
+  ``logprobs`` concatenated list by list (chat: ``content``, ``refusal``;
+  completions: ``tokens``, ``token_logprobs``, ``top_logprobs``,
+  ``text_offset``);
+- chat delta: ``content``, ``refusal`` and vLLM's ``reasoning_content`` /
+  ``reasoning`` concatenated; ``tool_calls`` merged by ``index`` (``id`` and
+  ``type`` as first sent, the function's ``name`` and ``arguments``
+  concatenated; a name repeated as it was is not doubled); the legacy
+  ``function_call`` the same way.
+
+``content`` follows openai-python's own accumulation: the concatenated text
+once any string was sent (vLLM's first chunk sends ``""``), else null (a
+tool call or a refusal without text).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.protocol.calls import Kind
+
+_HANDLED_CHUNK_KEYS = frozenset({"id", "object", "created", "model", "choices", "usage"})
+_DROPPED_CHUNK_KEYS = frozenset({"obfuscation"})
+_TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
+
+
+def from_stream(kind: Kind, raw: bytes) -> dict[str, Any] | None:
+    """The non-streamed object of a stream's ``data:`` events, or None when the stream
+    held an error event or an event that is not JSON. Completeness is the caller's."""
+    choices: dict[int, _Choice] = {}
+    head: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    usage = None
+    for line in raw.split(b"\n"):
+        if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+            continue
+        try:
+            event = orjson.loads(line[5:])
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(event, dict) or event.get("error"):
+            return None
+        head = head or event
+        usage = event.get("usage") or usage
+        for key, value in event.items():
+            if key not in _HANDLED_CHUNK_KEYS and key not in _DROPPED_CHUNK_KEYS and _some(value):
+                extra[key] = value
+        for delta in event.get("choices") or ():
+            if not isinstance(delta, dict):
+                return None
+            index = delta.get("index", 0)
+            acc = choices.get(index)
+            if acc is None:
+                acc = choices[index] = _Choice(kind)
+            acc.merge(delta)
+    if not choices:
+        return None
+    answer: dict[str, Any] = {
+        "id": head.get("id", ""),
+        "object": kind.object_name,
+        "created": head.get("created", 0),
+        "model": head.get("model", ""),
+        "choices": [c.finish(i) for i, c in sorted(choices.items())],
+        **extra,
+    }
+    if usage:
+        answer["usage"] = usage
+    return answer
+
+
+def _some(value: object) -> bool:
+    """A value that says something (null and empty containers say nothing)."""
+    return value is not None and value != [] and value != {}
+
+
+class _Choice:
+    """One choice's deltas, merged as they come."""
+
+    __slots__ = (
+        "chat",
+        "extra",
+        "extra_message",
+        "finish_reason",
+        "function_call",
+        "logprobs",
+        "role",
+        "stop_reason",
+        "texts",
+        "tool_calls",
+    )
+
+    def __init__(self, kind: Kind) -> None:
+        self.chat = kind is Kind.CHAT
+        self.role = "assistant"
+        self.texts: dict[str, list[str]] = {}
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.function_call: dict[str, Any] | None = None
+        self.logprobs: dict[str, Any] | None = None
+        self.finish_reason: Any = None
+        self.stop_reason: Any = None
+        self.extra: dict[str, Any] = {}
+        self.extra_message: dict[str, Any] = {}
+
+    def merge(self, choice: dict[str, Any]) -> None:
+        for key, value in choice.items():
+            if key == "index":
+                continue
+            if key == "delta" and self.chat:
+                self._merge_delta(value or {})
+            elif key == "text" and not self.chat:
+                self._text("content", value)
+            elif key == "logprobs":
+                self._merge_logprobs(value)
+            elif key in ("finish_reason", "stop_reason"):
+                if value is not None:
+                    setattr(self, key, value)
+            elif _some(value):
+                self.extra[key] = value
+
+    def _text(self, field: str, value: object) -> None:
+        if isinstance(value, str):
+            self.texts.setdefault(field, []).append(value)
+        elif value is not None:
+            self.extra_message[field] = value
+
+    def _merge_delta(self, delta: dict[str, Any]) -> None:
+        for key, value in delta.items():
+            if key in _TEXT_FIELDS:
+                self._text(key, value)
+            elif key == "role":
+                self.role = value or self.role
+            elif key == "tool_calls":
+                for call in value or ():
+                    self._merge_tool_call(call)
+            elif key == "function_call":
+                if value:
+                    self.function_call = _merge_function(self.function_call or {}, value)
+            elif _some(value):
+                self.extra_message[key] = value
+
+    def _merge_tool_call(self, call: Any) -> None:
+        if not isinstance(call, dict):
+            self.extra_message["tool_calls"] = call
+            return
+        index = call.get("index", len(self.tool_calls))
+        acc = self.tool_calls.setdefault(index, {})
+        for key, value in call.items():
+            if key == "index" or value is None:
+                continue
+            if key in ("id", "type"):
+                acc.setdefault(key, value)
+            elif key == "function" and isinstance(value, dict):
+                acc["function"] = _merge_function(acc.get("function") or {}, value)
+            else:
+                acc[key] = value  # not a field a replay knows: the fidelity check sees it
+
+    def _merge_logprobs(self, value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, dict):
+            self.extra["logprobs"] = value
+            return
+        acc = self.logprobs if self.logprobs is not None else {}
+        self.logprobs = acc
+        for key, lists in value.items():
+            if isinstance(lists, list):
+                if acc.get(key) is None:
+                    acc[key] = []
+                acc[key].extend(lists)
+            elif lists is None:
+                acc.setdefault(key, None)
+            else:
+                acc[key] = lists  # a scalar cannot be merged: the fidelity check sees it
+
+    def finish(self, index: int) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index}
+        if self.chat:
+            choice["message"] = self._message()
+        else:
+            choice["text"] = "".join(self.texts.get("content", ()))
+            choice.update(self.extra_message)
+        choice["logprobs"] = self.logprobs
+        choice["finish_reason"] = self.finish_reason
+        if self.stop_reason is not None:
+            choice["stop_reason"] = self.stop_reason
+        choice.update(self.extra)
+        return choice
+
+    def _message(self) -> dict[str, Any]:
+        content = self.texts.get("content")
+        message: dict[str, Any] = {
+            "role": self.role,
+            "content": None if content is None else "".join(content),
+        }
+        for field in _TEXT_FIELDS[1:]:
+            text = "".join(self.texts.get(field, ()))
+            if text:
+                message[field] = text
+        if self.function_call is not None:
+            message["function_call"] = self.function_call
+        if self.tool_calls:
+            message["tool_calls"] = [_tool_call(c) for _, c in sorted(self.tool_calls.items())]
+        message.update(self.extra_message)
+        return message
+
+
+def _merge_function(acc: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    for key, value in delta.items():
+        if value is None:
+            continue
+        if key == "name" and isinstance(value, str):
+            name = acc.get("name", "")
+            acc["name"] = name if value == name else name + value
+        elif key == "arguments" and isinstance(value, str):
+            acc["arguments"] = acc.get("arguments", "") + value
+        else:
+            acc[key] = value
+    acc.setdefault("name", "")
+    acc.setdefault("arguments", "")
+    return acc
+
+
+def _tool_call(acc: dict[str, Any]) -> dict[str, Any]:
+    """The non-streamed form: no ``index``, ``type`` "function" unless another was sent."""
+    call = {"id": acc.get("id"), "type": acc.get("type", "function")}
+    call.update((k, v) for k, v in acc.items() if k not in call)
+    return call

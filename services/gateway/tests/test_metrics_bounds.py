@@ -1,0 +1,446 @@
+"""Metrics a client cannot blow up, refusals that are seen, and readiness that means
+"this gateway can answer" (issue 17, parts 4 and 6).
+
+- a model name the gateway does not serve is ``model="unknown"``: a thousand
+  made-up names add no series;
+- every request refused before it is served is counted by reason
+  (``gateway_rejected_requests_total``) and logged (``request_rejected``);
+  the in-flight limit's ``overloaded`` is in test_tenants.py;
+- ``/v1/embeddings`` is metered; cache hits have their own first-token
+  histogram; buckets reach the timeouts;
+- ``GATEWAY_METRICS_PORT`` moves ``/metrics`` and ``/admin/*`` off the API port;
+- ``/readyz`` stays 200 with every breaker open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import structlog.testing
+from aiohttp import web
+from fake_sidecars import FakeSidecars
+from prometheus_client import CollectorRegistry
+
+from gateway.__main__ import bind, ops_server
+from gateway.app import create_app
+from gateway.metrics import REJECTION_REASONS, GatewayMetrics
+from gateway.settings import GatewaySettings
+from gateway.tenancy import hash_key
+from gwkit import MakeBackend, MakeGateway, backend, chat
+
+Serve = Any  # conftest's serve_app
+
+
+def series(text: str) -> Counter[str]:
+    """Series per metric name on a /metrics page."""
+    found: Counter[str] = Counter()
+    for line in text.splitlines():
+        match = re.match(r"^([a-zA-Z_:][\w:]*)(\{.*\})? \S+$", line)
+        if match:
+            found[match[1]] += 1
+    return found
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{name}(?:{{(.*)}})? (\S+)$", line)
+        if not match:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(match[2])
+    return total
+
+
+async def metrics_of(gw: httpx.AsyncClient) -> str:
+    return (await gw.get("/metrics")).text
+
+
+# --- (a) unknown models --------------------------------------------------------------
+
+
+async def test_a_thousand_unknown_model_names_add_no_series(
+    make_backend: MakeBackend, make_gateway: MakeGateway
+) -> None:
+    url = await make_backend(models="alpha")
+    gw = await make_gateway([backend(url, "alpha")], log_requests=False)
+    assert (await gw.post("/v1/chat/completions", json={**chat(), "model": "alpha"})).is_success
+    first = await gw.post("/v1/chat/completions", json={**chat(), "model": "nope-0"})
+    assert first.status_code == 404
+    before = series(await metrics_of(gw))
+    for i in range(1, 1000):
+        reply = await gw.post("/v1/chat/completions", json={**chat(), "model": f"nope-{i}"})
+        assert reply.status_code == 404
+    text = await metrics_of(gw)
+    grown = {name: n - before[name] for name, n in series(text).items() if n != before[name]}
+    assert not grown, f"series added by unknown model names: {grown}"
+    assert "nope-" not in text
+    requests = "gateway_requests_total"
+    assert sample(text, requests, model="unknown", status="404") == 1000
+    assert sample(text, requests, model="alpha", status="200") == 1
+    assert sample(text, "gateway_rejected_requests_total", reason="model_not_found") == 1000
+
+
+def test_a_model_label_is_a_served_model_or_unknown() -> None:
+    metrics = GatewayMetrics(CollectorRegistry())
+    served = {"alpha"}
+    metrics.models.watch(served.__contains__)
+    metrics.requests.labels("/v1/chat/completions", "alpha", "200", "MISS").inc()
+    metrics.requests.labels("/v1/chat/completions", "beta", "404", "BYPASS").inc()
+    metrics.tokens.labels(model="gamma", direction="in").inc(3)
+    served.add("beta")  # discovery found it: its own series from now on
+    metrics.tokens.labels("beta", "out").inc(2)
+    registry = metrics.registry
+    assert registry.get_sample_value(
+        "gateway_requests_total",
+        {"route": "/v1/chat/completions", "model": "unknown", "status": "404", "cache": "BYPASS"},
+    )
+    got = registry.get_sample_value("gateway_tokens_total", {"model": "unknown", "direction": "in"})
+    assert got == 3
+    assert registry.get_sample_value("gateway_tokens_total", {"model": "beta", "direction": "out"})
+
+
+# --- (b) refusals --------------------------------------------------------------------
+
+KEYS = {"alice": "sk-alice-0123456789", "bob": "sk-bob-0123456789"}
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path) -> Path:
+    tenants = [
+        {"name": "alice", "key_sha256": [hash_key(KEYS["alice"])]},
+        {"name": "bob", "key_sha256": [hash_key(KEYS["bob"])], "requests_per_s": 1, "burst": 1},
+    ]
+    path = tmp_path / "tenants.json"
+    path.write_bytes(orjson.dumps({"tenants": tenants}))
+    return path
+
+
+def as_(tenant: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[tenant]}"}
+
+
+async def test_every_refusal_is_counted_by_reason_and_logged(
+    make_backend: MakeBackend, make_gateway: MakeGateway, keys_file: Path
+) -> None:
+    gw = await make_gateway(
+        [backend(await make_backend())],
+        auth_enabled=True,
+        api_keys_file=keys_file,
+        max_body_bytes=2000,
+        max_header_bytes=4000,
+    )
+    post = gw.post
+    alice = as_("alice")
+    with structlog.testing.capture_logs() as logs:
+        cases = {
+            "unauthorized": await post("/v1/chat/completions", json=chat()),
+            "invalid_request": await post(
+                "/v1/chat/completions", content=b"{nope", headers={**alice, "x-request-id": "r-1"}
+            ),
+            "payload_too_large": await post(
+                "/v1/chat/completions", json=chat("x" * 3000), headers=alice
+            ),
+            "headers_too_large": await post(
+                "/v1/chat/completions", json=chat(), headers={**alice, "x-big": "y" * 5000}
+            ),
+            "model_not_found": await post(
+                "/v1/chat/completions", json={**chat(), "model": "nope"}, headers=alice
+            ),
+            "forbidden": await gw.get("/admin/cache/stats", headers=alice),
+            "not_found": await gw.get("/v1/nothing-here"),
+        }
+        assert (await post("/v1/chat/completions", json=chat(), headers=as_("bob"))).is_success
+        cases["rate_limited"] = await post("/v1/chat/completions", json=chat(), headers=as_("bob"))
+        embed = await post("/v1/embeddings", json={"model": "m", "input": "x"}, headers=alice)
+    statuses = {reason: reply.status_code for reason, reply in cases.items()}
+    assert statuses == {
+        "unauthorized": 401,
+        "invalid_request": 400,
+        "payload_too_large": 413,
+        "headers_too_large": 431,
+        "model_not_found": 404,
+        "forbidden": 403,
+        "not_found": 404,
+        "rate_limited": 429,
+    }
+    assert embed.status_code == 503, "no embedder: not a refusal"
+    for reply in cases.values():
+        assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+        assert reply.headers["x-request-id"]
+    text = await metrics_of(gw)
+    for reason in REJECTION_REASONS:
+        expected = 1 if reason in cases else 0
+        got = sample(text, "gateway_rejected_requests_total", reason=reason)
+        assert got == expected, reason
+    lines = [line for line in logs if line["event"] == "request_rejected"]
+    assert sorted(line["reason"] for line in lines) == sorted(cases)
+    by_reason = {line["reason"]: line for line in lines}
+    assert by_reason["invalid_request"]["request_id"] == "r-1"
+    assert by_reason["invalid_request"]["route"] == "/v1/chat/completions"
+    assert by_reason["invalid_request"]["status"] == 400
+    for line in lines:
+        assert line["request_id"] == cases[line["reason"]].headers["x-request-id"]
+        assert "messages" not in line and "hello" not in orjson.dumps(line).decode()
+
+
+async def test_a_backend_s_429_is_not_a_refusal_of_the_gateway(
+    serve_app: Serve, make_gateway: MakeGateway
+) -> None:
+    async def limited(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "slow down"}}, status=429)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", limited)
+    gw = await make_gateway([backend(await serve_app(app))])
+    reply = await gw.post("/v1/chat/completions", json=chat())
+    assert reply.status_code == 429
+    assert sample(await metrics_of(gw), "gateway_rejected_requests_total") == 0
+
+
+# --- (c) embeddings ------------------------------------------------------------------
+
+
+async def test_embeddings_are_metered_by_model_and_status(
+    make_backend: MakeBackend, make_gateway: MakeGateway, sidecars: FakeSidecars
+) -> None:
+    gw = await make_gateway([backend(await make_backend())], embedder_target=sidecars.target)
+    ok = await gw.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": ["a b", "c"]})
+    assert ok.status_code == 200
+    wrong = await gw.post("/v1/embeddings", json={"model": "made-up-7", "input": "x"})
+    assert wrong.status_code == 404
+    sidecars.embedder.faults.fail = True
+    down = await gw.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": "x"})
+    assert down.status_code == 503
+    text = await metrics_of(gw)
+    route = "/v1/embeddings"
+    requests = "gateway_requests_total"
+    assert sample(text, requests, route=route, model="all-MiniLM-L6-v2", status="200") == 1
+    assert sample(text, requests, route=route, model="unknown", status="404") == 1
+    assert sample(text, requests, route=route, model="all-MiniLM-L6-v2", status="503") == 1
+    assert sample(text, "gateway_request_duration_seconds_count", route=route) == 3
+    assert sample(text, "gateway_embedding_inputs_total", model="all-MiniLM-L6-v2") == 2
+    tokens = sample(text, "gateway_tokens_total", model="all-MiniLM-L6-v2", direction="in")
+    assert tokens == ok.json()["usage"]["prompt_tokens"]
+    assert "made-up-7" not in text
+
+
+# --- (d) cache hits apart, (e) buckets -----------------------------------------------
+
+
+def test_a_cache_hit_s_first_token_is_apart_from_the_model_servers() -> None:
+    metrics = GatewayMetrics(CollectorRegistry())
+    metrics.models.watch(lambda model: model == "alpha")
+    metrics.first_token("alpha", "HIT-EXACT", 0.002)
+    metrics.first_token("alpha", "HIT-SEMANTIC", 0.008)
+    metrics.first_token("alpha", "MISS", 0.5)
+    metrics.first_token("alpha", "BYPASS", 1.5)
+    value = metrics.registry.get_sample_value
+    alpha = {"model": "alpha"}
+    assert value("gateway_time_to_first_token_seconds_count", alpha) == 4  # as before
+    assert value("gateway_upstream_time_to_first_token_seconds_count", alpha) == 2
+    assert value("gateway_upstream_time_to_first_token_seconds_sum", alpha) == 2.0
+    assert value("gateway_cache_hit_time_to_first_token_seconds_count", alpha) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="proxy.handler.Proxy.finish still observes ttft directly; it should call "
+    "metrics.first_token(call.model, call.cache, ...) (proxy/ is another engineer's)",
+)
+async def test_a_served_cache_hit_is_not_an_upstream_first_token(
+    make_backend: MakeBackend, make_gateway: MakeGateway, sidecars: FakeSidecars
+) -> None:
+    gw = await make_gateway(
+        [backend(await make_backend(), "alpha")],
+        embedder_target=sidecars.target,
+        cache_target=sidecars.target,
+    )
+    body = {**chat("same question"), "model": "alpha", "temperature": 0, "stream": True}
+    assert (await gw.post("/v1/chat/completions", json=body)).headers["x-cache"] == "MISS"
+    await sidecars.wait_stores(1)
+    assert (await gw.post("/v1/chat/completions", json=body)).headers["x-cache"] == "HIT-EXACT"
+    text = await metrics_of(gw)
+    assert sample(text, "gateway_time_to_first_token_seconds_count", model="alpha") == 2
+    assert sample(text, "gateway_upstream_time_to_first_token_seconds_count", model="alpha") == 1
+    assert sample(text, "gateway_cache_hit_time_to_first_token_seconds_count", model="alpha") == 1
+
+
+def largest_bucket(metrics: GatewayMetrics, name: str) -> float:
+    buckets = [
+        float(s.labels["le"])
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name == f"{name}_bucket" and s.labels["le"] != "+Inf"
+    ]
+    return max(buckets)
+
+
+@pytest.mark.parametrize(("ttft_s", "total_s"), [(None, None), (200.0, 1800.0)])
+def test_buckets_reach_the_timeouts(ttft_s: float | None, total_s: float | None) -> None:
+    extra = {} if ttft_s is None else {"ttft_timeout_s": ttft_s, "total_timeout_s": total_s}
+    settings = GatewaySettings(**extra)  # type: ignore[arg-type]
+    metrics = GatewayMetrics(
+        CollectorRegistry(),
+        ttft_limit_s=settings.ttft_timeout_s,
+        duration_limit_s=settings.total_timeout_s,
+    )
+    for model in ("m",):
+        metrics.ttft.metric.labels(model).observe(1)
+        metrics.upstream_ttft.metric.labels(model).observe(1)
+    metrics.duration.labels("/v1/chat/completions", "true").observe(1)
+    assert largest_bucket(metrics, "gateway_time_to_first_token_seconds") >= settings.ttft_timeout_s
+    assert (
+        largest_bucket(metrics, "gateway_upstream_time_to_first_token_seconds")
+        >= settings.ttft_timeout_s
+    )
+    assert largest_bucket(metrics, "gateway_request_duration_seconds") >= settings.total_timeout_s
+
+
+# --- (f) the metrics port ------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running(settings: GatewaySettings, **extra: Any) -> Any:
+    app = create_app(settings, **extra)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+def client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+
+
+async def test_with_a_metrics_port_metrics_and_admin_leave_the_api_port(
+    make_backend: MakeBackend,
+) -> None:
+    settings = GatewaySettings(
+        backends=[backend(await make_backend())], metrics_port=9, admin_key="sk-admin-0123"
+    )
+    admin = {"Authorization": "Bearer sk-admin-0123"}
+    async with running(settings) as app, client(app) as api, client(app.ops) as ops:
+        assert (await api.post("/v1/chat/completions", json=chat())).status_code == 200
+        assert (await api.get("/metrics")).status_code == 404
+        assert (await api.get("/admin/cache/stats", headers=admin)).status_code == 404
+        assert (await api.get("/readyz")).status_code == 200
+        assert (await api.get("/healthz")).status_code == 200
+        page = await ops.get("/metrics")
+        assert page.status_code == 200
+        assert sample(page.text, "gateway_requests_total", status="200") == 1
+        assert (await ops.get("/admin/cache/stats", headers=admin)).status_code == 503
+        assert (await ops.get("/admin/cache/stats")).status_code == 401
+        assert (await ops.get("/v1/models")).status_code == 404
+        assert (await ops.post("/v1/chat/completions", json=chat())).status_code == 404
+        paths = (await api.get("/openapi.json")).json()["paths"]
+        assert "/metrics" not in paths and "/v1/chat/completions" in paths
+
+
+async def test_without_a_metrics_port_everything_is_on_the_api_port(
+    make_backend: MakeBackend,
+) -> None:
+    settings = GatewaySettings(backends=[backend(await make_backend())])
+    assert settings.metrics_port == 0, "make run keeps /metrics on the API port"
+    async with running(settings) as app, client(app) as api:
+        assert app.ops is None
+        assert (await api.get("/metrics")).status_code == 200
+        assert (await api.get("/admin/cache/stats")).status_code == 403  # no admin key
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_the_metrics_port_is_served_while_the_gateway_runs(
+    make_backend: MakeBackend,
+) -> None:
+    port = free_port()
+    settings = GatewaySettings(backends=[backend(await make_backend())], metrics_port=port)
+    url = f"http://127.0.0.1:{port}/metrics"
+    async with running(settings, companion=ops_server(settings)) as app:
+        async with client(app) as api:
+            await api.post("/v1/chat/completions", json=chat())
+        async with httpx.AsyncClient() as http:
+            page = await http.get(url)
+    assert page.status_code == 200
+    assert "gateway_requests_total" in page.text
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(httpx.ConnectError):  # stopped with the gateway
+            await http.get(url)
+
+
+def test_workers_share_the_metrics_port_and_one_worker_has_it_alone() -> None:
+    port = free_port()
+    with bind("127.0.0.1", port, share=True) as one, bind("127.0.0.1", port, share=True) as two:
+        one.listen()
+        two.listen()  # every worker of one gateway listens on it; the kernel spreads scrapes
+    with bind("127.0.0.1", port, share=False) as alone:
+        alone.listen()
+        with pytest.raises(OSError):
+            bind("127.0.0.1", port, share=False)
+
+
+async def test_a_metrics_port_in_use_fails_the_start(make_backend: MakeBackend) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = GatewaySettings(backends=[backend(await make_backend())], metrics_port=port)
+        with pytest.raises(OSError):
+            async with running(settings, companion=ops_server(settings)):
+                pass
+
+
+# --- (g) readiness -------------------------------------------------------------------
+
+
+async def test_ready_with_every_breaker_open_and_the_gateway_answers_503_itself(
+    make_gateway: MakeGateway,
+) -> None:
+    gone = f"http://127.0.0.1:{free_port()}"  # nothing listens: every attempt fails
+    gw = await make_gateway(
+        [backend(gone, "alpha")],
+        breaker_consecutive_failures=1,
+        breaker_base_ejection_s=60,
+        max_attempts=1,
+    )
+    assert (await gw.get("/readyz")).json()["backends_usable"] is True
+    await gw.post("/v1/chat/completions", json={**chat(), "model": "alpha"})
+    ready = await gw.get("/readyz")
+    assert ready.status_code == 200, "the gateway can answer; only its backends cannot"
+    body = ready.json()
+    assert body["backends_usable"] is False
+    assert body["models"] == 1
+    assert [e["breaker"] for e in body["endpoints"]] == ["open"]
+    assert (await gw.get("/readyz", params={"backends": "1"})).status_code == 503
+    answer = await gw.post("/v1/chat/completions", json={**chat(), "model": "alpha"})
+    assert answer.status_code >= 500
+    assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_not_ready_without_a_model_to_serve(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway([])
+    ready = await gw.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "no model known"
+
+
+async def test_ready_with_backends_is_ready_either_way(
+    make_backend: MakeBackend, make_gateway: MakeGateway
+) -> None:
+    gw = await make_gateway([backend(await make_backend())])
+    for params in ({}, {"backends": "1"}):
+        reply = await gw.get("/readyz", params=params)
+        assert reply.status_code == 200
+        assert reply.json()["status"] == "ready"
