@@ -149,12 +149,15 @@ def breaker_states(gw: str) -> dict[str, str]:
 def test_a_killed_replica_cuts_only_its_started_streams_and_cuts_them_cleanly(
     stack: Stack,
 ) -> None:
+    """With stream continuation off (``GATEWAY_STREAM_CONTINUATIONS=0``): the streams
+    under way on the victim end cleanly. With it on (the default) they are continued:
+    ``test_stream_continuation.py``."""
     # 2 s answers (100 tokens, 20 ms apart), so that many are in flight at the kill.
     slow = {"ttft_ms": 20, "inter_token_ms": 20, "output_tokens": 100}
     for attempt in range(3):  # a new pair of replicas and a gateway each time
         _, keep = stack.mock(f"keep{attempt}", **slow)
         victim, victim_url = stack.mock(f"victim{attempt}", **slow)
-        _, gw = stack.gateway([keep, victim_url], **SCALED)
+        _, gw = stack.gateway([keep, victim_url], **SCALED, stream_continuations=0)
         answers, killed = asyncio.run(_kill_under_load(gw, victim))
         cut = [a for a in answers if not a.complete]
         # What is tested needs a stream in flight on the victim at the kill;
