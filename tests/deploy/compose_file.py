@@ -25,7 +25,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
 }
 # The ports each service publishes.
 PUBLISHED = {
-    "gateway": {8000},
+    "gateway": {8000, 9100},
     "embedder": {50051, 9101},
     "cache": {50052, 9102},
     "mock-llm-1": {8001},

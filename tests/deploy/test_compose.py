@@ -151,8 +151,10 @@ def test_prometheus_scrapes_each_service_where_it_serves_metrics(
         job["job_name"]: {t for sc in job["static_configs"] for t in sc["targets"]}
         for job in config["scrape_configs"]
     }
+    gateway = settings_of("gateway")
+    assert gateway.metrics_port, "/metrics and /admin/* on a port of their own"
     metrics_port = {
-        "gateway": settings_of("gateway").port,
+        "gateway": gateway.metrics_port,
         "embedder": settings_of("embedder").metrics_port,
         "cache": settings_of("cache").metrics_port,
         "mock-llm-1": settings_of("mock-llm-1").port,

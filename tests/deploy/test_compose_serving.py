@@ -115,12 +115,16 @@ async def test_the_documented_curl_works_against_the_compose_gateway(
                 assert (await chat("sk-example-nobody-NOT-SECRET-replace-me")).status_code == 401
                 assert (await chat(keys["admin"])).status_code == 401, "admin is not a tenant"
 
-                async def stats(key: str) -> int:
+                async def stats(key: str, on: httpx.AsyncClient) -> int:
                     headers = {"Authorization": f"Bearer {key}"}
-                    return (await client.get("/admin/cache/stats", headers=headers)).status_code
+                    return (await on.get("/admin/cache/stats", headers=headers)).status_code
 
-                assert await stats(keys["acme"]) == 403
-                assert await stats(keys["admin"]) == 503, "admitted; no cache service here"
+                # /admin/* is on the metrics port (GATEWAY_METRICS_PORT), not the API's.
+                assert await stats(keys["admin"], client) == 404
+                ops_transport = httpx.ASGITransport(app=app.ops)
+                async with httpx.AsyncClient(transport=ops_transport, base_url="http://gw") as ops:
+                    assert await stats(keys["acme"], ops) == 403
+                    assert await stats(keys["admin"], ops) == 503, "admitted; no cache here"
 
                 statuses = [(await chat(keys["acme"])).status_code for _ in range(15)]
                 assert 429 in statuses, "example-acme: 5 requests per second, burst 10"

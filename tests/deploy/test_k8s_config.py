@@ -131,7 +131,7 @@ def test_ports_match_the_settings(
     overlay: Docs, settings_from_env: Callable[..., BaseSettings]
 ) -> None:
     port_fields = {
-        "gateway": ("port",),
+        "gateway": ("port", "metrics_port"),
         "embedder": ("port", "metrics_port"),
         "cache": ("port", "metrics_port"),
         "mock-llm": ("port",),

@@ -1,14 +1,22 @@
 """deploy/k8s's NetworkPolicies, rendered offline: only the gateway reaches the
 sidecars, only the cache and the gateway reach Redis, the model servers take
-requests from the gateway only, and clients and Prometheus get in.
+requests from the gateway only, and clients and Prometheus get in: clients to
+the gateway's API port only, Prometheus to its metrics port (/metrics, /admin/*).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import yaml
+from pydantic_settings import BaseSettings
+
+from gateway.settings import GatewaySettings
+from tests.deploy.compose_file import DEPLOY
 from tests.deploy.k8s_docs import (
     Docs,
+    container_env,
     of_kind,
     pod_spec,
     selects,
@@ -95,6 +103,36 @@ def test_model_servers_take_requests_from_the_gateway_only(overlay: Docs) -> Non
 
 def test_clients_and_prometheus_get_in(overlay: Docs) -> None:
     assert admitted(overlay, None, "gateway", 8000, src_ns="default")
+    assert admitted(overlay, None, "gateway", 9100, src_ns="monitoring")
     assert admitted(overlay, None, "embedder", 9101, src_ns="monitoring")
     assert admitted(overlay, None, "cache", 9102, src_ns="monitoring")
     assert not admitted(overlay, None, "cache", 9102, src_ns="default")
+
+
+def test_gateway_metrics_and_admin_are_for_monitoring_only(
+    overlay: Docs, settings_from_env: Callable[..., BaseSettings]
+) -> None:
+    """/metrics and /admin/* are on the gateway's metrics port, which only the
+    monitoring namespace reaches; clients reach the API port alone."""
+    settings = settings_from_env(GatewaySettings, container_env(overlay, "gateway"))
+    api, ops = settings.port, settings.metrics_port  # type: ignore[attr-defined]
+    assert ops and ops != api
+    assert not admitted(overlay, None, "gateway", ops, src_ns="default")
+    for src in [n for n in workloads(overlay) if n != "gateway"]:
+        assert not admitted(overlay, src, "gateway", ops), src
+    assert admitted(overlay, None, "gateway", ops, src_ns="monitoring")
+    assert not admitted(overlay, None, "gateway", 9999, src_ns="default"), "no other port"
+    (container,) = pod_spec(workloads(overlay)["gateway"])["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "http": api,
+        "metrics": ops,
+    }
+    annotations = workloads(overlay)["gateway"]["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == ops
+    scraped = of_kind(overlay, "Service")["gateway-headless"]["spec"]["ports"]
+    assert [p["port"] for p in scraped] == [ops], "Prometheus's targets are the metrics port"
+    public = of_kind(overlay, "Service")["gateway"]["spec"]["ports"]
+    assert [p["port"] for p in public] == [api], "the Service clients use has the API only"
+    config = yaml.safe_load((DEPLOY / "prometheus/prometheus-k8s.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "gateway"]
+    assert {sd["port"] for sd in job["dns_sd_configs"]} == {ops}
