@@ -260,7 +260,7 @@ class Tracing:
         kept whole (model, id, finish reasons: parsed only for a recorded span), the
         time to the first chunk of a stream (``first_chunk_at`` - ``sent_at``,
         ``time.perf_counter`` values; 0: not a stream or no chunk), ``error.type``
-        (the outcome) unless it succeeded."""
+        (the outcome) unless it succeeded, and an error status unless it was cancelled."""
         if span is None:
             return
         if span.is_recording():
@@ -269,6 +269,8 @@ class Tracing:
                 span.set_attribute(key, value)
             if outcome not in ("success", "local"):
                 span.set_attribute("error.type", outcome)
+                if outcome != "cancelled":  # a stream cut after its 200 failed too
+                    span.set_status(Status(StatusCode.ERROR))
         Tracing.end(span, status, **own)
 
     def shutdown(self) -> None:

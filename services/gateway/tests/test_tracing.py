@@ -266,3 +266,22 @@ def test_otel_service_name_wins_over_the_default(monkeypatch: pytest.MonkeyPatch
     assert _service_name(Tracing.with_processor(SimpleSpanProcessor(InMemorySpanExporter()))) == (
         "from-resource"
     )
+
+
+def test_a_stream_cut_after_its_200_is_an_error_and_a_cancelled_one_is_not() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.with_processor(SimpleSpanProcessor(exporter))
+    for outcome in ("stream_truncated", "cancelled", "success"):
+        _, context = tracing.start_request(
+            "/v1/chat/completions", {}, kind="chat", model="m", stream=True
+        )
+        span = tracing.start_inference(context)
+        Tracing.end_inference(span, 200 if outcome != "cancelled" else 499, outcome)
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == ["chat m"] * 3
+    assert [(s.attributes or {}).get("error.type") for s in spans] == [
+        "stream_truncated",
+        "cancelled",
+        None,
+    ]
+    assert [s.status.status_code.name for s in spans] == ["ERROR", "UNSET", "UNSET"]
