@@ -43,7 +43,8 @@ from gateway.protocol.schemas import ChatCompletionRequest, ChatMessage, Complet
 IGNORED: dict[str, str] = {
     # transport: the stored answer is replayed as JSON or SSE, whichever is asked
     "stream": "JSON or SSE: a hit is replayed in either form",
-    "stream_options": "include_usage is honoured by the replay (the usage is stored)",
+    "stream_options": "the replay honours include_usage from the stored usage (vLLM's "
+    "continuous_usage_stats gets it once, at the end)",
     # bookkeeping: who asks and what the provider records, not what is generated
     "user": "an end-user id for abuse monitoring (tenants are apart anyway)",
     "safety_identifier": "OpenAI's successor of user",
