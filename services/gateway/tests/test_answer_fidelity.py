@@ -41,35 +41,18 @@ def usage_chunk(head: dict[str, Any] = CHAT_HEAD) -> dict[str, Any]:
     return {**head, "choices": [], "usage": USAGE}
 
 
+def tool(index: int, **fields: Any) -> dict[str, Any]:
+    function = {k: fields.pop(k) for k in ("name", "arguments") if k in fields}
+    return chunk({"tool_calls": [{"index": index, **fields, "function": function}]})
+
+
 TOOL_CALLS = sse(
     chunk({"role": "assistant", "content": ""}),
-    chunk(
-        {
-            "tool_calls": [
-                {
-                    "index": 0,
-                    "id": "call_a",
-                    "type": "function",
-                    "function": {"name": "get_weather"},
-                }
-            ]
-        }
-    ),
-    chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
-    chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
-    chunk(
-        {
-            "tool_calls": [
-                {
-                    "index": 1,
-                    "id": "call_b",
-                    "type": "function",
-                    "function": {"name": "get_time", "arguments": ""},
-                }
-            ]
-        }
-    ),
-    chunk({"tool_calls": [{"index": 1, "function": {"arguments": '{"tz": "CET"}'}}]}),
+    tool(0, id="call_a", type="function", name="get_weather"),  # vLLM: no arguments yet
+    tool(0, arguments='{"city": '),
+    tool(0, arguments='"Paris"}'),
+    tool(1, id="call_b", type="function", name="get_time", arguments=""),  # OpenAI's way
+    tool(1, arguments='{"tz": "CET"}'),
     chunk({}, "tool_calls"),
     usage_chunk(),
 )
@@ -123,12 +106,8 @@ LOGPROBS = sse(
 
 
 def text_chunk(text: str, offset: int, logprob: float, finish: str | None = None) -> dict[str, Any]:
-    logprobs = {
-        "text_offset": [offset],
-        "token_logprobs": [logprob],
-        "tokens": [text],
-        "top_logprobs": [{text: logprob, "x": logprob - 2}],
-    }
+    logprobs = {"text_offset": [offset], "token_logprobs": [logprob], "tokens": [text]}
+    logprobs["top_logprobs"] = [{text: logprob, "x": logprob - 2}]
     choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
     return {**TEXT_HEAD, "choices": [choice], "system_fingerprint": "fp_2"}
 
@@ -272,17 +251,13 @@ def test_completion_logprobs_are_concatenated_and_replayed_per_token() -> None:
     whole = Completion.model_validate_json(answer.replay_json(kept))
     assert whole.choices[0].text == "Once upon a time"
     logprobs = whole.choices[0].logprobs
-    assert logprobs is not None
-    assert logprobs.tokens == ["Once", " upon", " a time"]
-    assert logprobs.text_offset == [0, 4, 9]
+    assert logprobs is not None and logprobs.tokens == ["Once", " upon", " a time"]
+    assert logprobs.text_offset == [0, 4, 9]  # as vLLM sends them: from the text's start
     assert logprobs.token_logprobs == [-0.5, -0.25, -0.125]
     assert whole.system_fingerprint == "fp_2"
     chunks = [c for c in replayed_chunks(kept) if c["choices"]]
-    assert [c["choices"][0]["logprobs"]["tokens"] for c in chunks[:3]] == [
-        ["Once"],
-        [" upon"],
-        [" a time"],
-    ]
+    tokens = [c["choices"][0]["logprobs"]["tokens"] for c in chunks[:3]]
+    assert tokens == [["Once"], [" upon"], [" a time"]]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert Completion.model_validate(replayed_chunks(kept)[-1]).usage is not None
 
@@ -317,18 +292,7 @@ def test_plain_text_still_replays_in_pieces_of_about_48_characters() -> None:
         (sse(chunk({"content": "Hi"}, "stop", token_ids=[5])), "choices.0.token_ids"),
         (
             sse(
-                chunk(
-                    {
-                        "tool_calls": [
-                            {
-                                "index": 0,
-                                "id": "c",
-                                "type": "custom",
-                                "custom": {"name": "sh", "input": "ls"},
-                            }
-                        ]
-                    }
-                ),
+                tool(0, id="c", type="custom", custom={"name": "sh", "input": "ls"}),
                 chunk({}, "tool_calls"),
             ),
             "choices.0.message.tool_calls.0",
@@ -343,39 +307,29 @@ def test_an_answer_a_replay_would_bend_is_not_stored(raw: bytes, field: str) -> 
 
 
 def test_null_and_empty_fields_are_no_obstacle() -> None:
-    body = {
-        "id": "x",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": "Hi",
-                    "annotations": [],
-                    "audio": None,
-                    "tool_calls": [],
-                },
-                "logprobs": None,
-                "finish_reason": "stop",
-                "stop_reason": None,
-                "token_ids": None,
-            }
-        ],
-        "prompt_logprobs": None,
-        "kv_transfer_params": None,
-    }
+    message = {"role": "assistant", "content": "Hi", "annotations": [], "tool_calls": []}
+    choice = {"index": 0, "message": {**message, "audio": None}, "logprobs": None}
+    choice |= {"finish_reason": "stop", "stop_reason": None, "token_ids": None}
+    body = {"id": "x", "object": "chat.completion", "created": 1, "model": "m"}
+    body |= {"choices": [choice], "prompt_logprobs": None, "kv_transfer_params": None}
     kept = answer.from_body(orjson.dumps(body))
     assert kept is not None and answer.unreplayable(kept) is None
     assert without_ids(orjson.loads(answer.replay_json(kept))) == without_ids(body)
 
 
-# --- through the gateway: a vLLM-shaped backend, the fake sidecars, the SDK's models ---
+def test_interleaved_choices_are_assembled_apart_and_replayed_one_after_the_other() -> None:
+    def two(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**CHAT_HEAD, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+
+    raw = sse(two(0, {"content": "A"}), two(1, {"content": "B"}), two(1, {}, "stop"))
+    kept = stored(Kind.CHAT, raw.replace(b"data: [DONE]", sse(two(0, {"content": "a"}, "stop"))))
+    streamed = sdk_stream(kept)
+    assert [c.message.content for c in streamed.choices] == ["Aa", "B"]
 
 
 def vllm_backend(stream: bytes, body: dict[str, Any]) -> web.Application:
+    """Through the gateway: a backend answering as vLLM does, streamed or not."""
+
     async def completions(request: web.Request) -> web.StreamResponse:
         if not (await request.json()).get("stream"):
             return web.json_response(body)
@@ -402,18 +356,18 @@ def tool_request(**extra: Any) -> dict[str, Any]:
 ServeApp = Callable[[web.Application], Awaitable[str]]
 
 
+def cached(sidecars: FakeSidecars) -> dict[str, Any]:
+    """The fake sidecars; hits that do not depend on the machine's load (as test_cache_path)."""
+    never_late = {"cache_lookup_budget_ms": 2000, "cache_speculative": False}
+    return {"cache_target": sidecars.target, "embedder_target": sidecars.target, **never_late}
+
+
 async def test_a_cached_tool_call_replays_whole_through_the_gateway(
     serve_app: ServeApp, make_gateway: MakeGateway, sidecars: FakeSidecars
 ) -> None:
     body = orjson.loads(answer.replay_json(stored(Kind.CHAT, TOOL_CALLS)))
     url = await serve_app(vllm_backend(TOOL_CALLS, body))
-    gw = await make_gateway(
-        [backend(url, "m")],
-        cache_target=sidecars.target,
-        embedder_target=sidecars.target,
-        cache_lookup_budget_ms=2000,
-        cache_speculative=False,
-    )
+    gw = await make_gateway([backend(url, "m")], **cached(sidecars))
     first = await gw.post("/v1/chat/completions", json=tool_request(stream=True))
     assert first.headers["x-cache"] == "MISS"
     await sidecars.wait_stores(1)
@@ -437,9 +391,7 @@ async def test_an_unreplayable_answer_is_served_not_stored_and_counted(
 ) -> None:
     raw = sse(chunk({"content": "Hi", "audio": {"id": "a1", "data": "UklGR"}}, "stop"))
     url = await serve_app(vllm_backend(raw, {}))
-    gw = await make_gateway(
-        [backend(url, "m")], cache_target=sidecars.target, embedder_target=sidecars.target
-    )
+    gw = await make_gateway([backend(url, "m")], **cached(sidecars))
     first = await gw.post("/v1/chat/completions", json=tool_request(stream=True))
     assert first.headers["x-cache"] == "MISS" and '"audio"' in first.text
     metrics = (await gw.get("/metrics")).text

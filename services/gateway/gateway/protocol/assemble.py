@@ -126,8 +126,8 @@ class _Choice:
             elif key in ("finish_reason", "stop_reason"):
                 if value is not None:
                     setattr(self, key, value)
-            elif _some(value):
-                self.extra[key] = value
+            elif _some(value):  # kept for the fidelity check, under a name no stored field has
+                self.extra["stream_message" if key == "message" else key] = value
 
     def _text(self, field: str, value: object) -> None:
         if isinstance(value, str):
@@ -191,7 +191,8 @@ class _Choice:
         else:
             choice["text"] = "".join(self.texts.get("content", ()))
             choice.update(self.extra_message)
-        choice["logprobs"] = self.logprobs
+        logprobs = self.logprobs or {}
+        choice["logprobs"] = logprobs if any(_some(v) for v in logprobs.values()) else None
         choice["finish_reason"] = self.finish_reason
         if self.stop_reason is not None:
             choice["stop_reason"] = self.stop_reason
