@@ -62,7 +62,7 @@ REASONING = sse(
     chunk({"reasoning": "greet back.", "reasoning_content": "greet back."}),
     chunk({"content": "Hello"}),
     chunk({"content": " there!"}),
-    chunk({}, "stop", stop_reason=None),
+    chunk({}, "stop", stop_reason=None, matched_stop=151645),  # SGLang's stop token
     usage_chunk(),
 )
 REFUSAL = sse(
@@ -100,7 +100,7 @@ LOGPROBS = sse(
     logprob_chunk(" tous", -0.75),
     chunk({"content": ""}, logprobs={"content": SPLIT_TOKENS[:1]}),
     chunk({"content": "😀"}, logprobs={"content": SPLIT_TOKENS[1:]}),
-    chunk({}, "stop"),
+    chunk({}, "stop", stop_reason="\n\n"),  # vLLM's stop string
     usage_chunk(),
 )
 
@@ -189,19 +189,19 @@ def test_tool_calls_are_merged_by_index_and_replayed_name_first_then_arguments()
     assert tool_deltas[2]["id"] == "call_b" and tool_deltas[2]["index"] == 1
     streamed = sdk_stream(kept)
     assert streamed.choices[0].finish_reason == "tool_calls"
-    assert [c.function.arguments for c in streamed.choices[0].message.tool_calls or ()] == [
-        '{"city": "Paris"}',
-        '{"tz": "CET"}',
-    ]
+    arguments = [c.function.arguments for c in streamed.choices[0].message.tool_calls or ()]
+    assert arguments == ['{"city": "Paris"}', '{"tz": "CET"}']
     assert streamed.usage is not None and streamed.usage.total_tokens == 16
 
 
 def test_reasoning_is_kept_under_both_names_and_replayed_before_the_content() -> None:
     kept = stored(Kind.CHAT, REASONING)
-    message = orjson.loads(answer.replay_json(kept))["choices"][0]["message"]
+    choice = orjson.loads(answer.replay_json(kept))["choices"][0]
+    message = choice["message"]
     assert message["reasoning"] == message["reasoning_content"] == "The user greets; greet back."
-    assert message["content"] == "Hello there!"
+    assert message["content"] == "Hello there!" and choice["matched_stop"] == 151645
     deltas = [c["choices"][0]["delta"] for c in replayed_chunks(kept) if c["choices"]]
+    assert replayed_chunks(kept)[-2]["choices"][0]["matched_stop"] == 151645
     order = [k for d in deltas for k in d if k in ("reasoning", "content") and d[k]]
     assert order == ["reasoning", "content"]
     streamed = sdk_stream(kept).choices[0].message
@@ -231,7 +231,7 @@ def test_a_refusal_and_the_fingerprint_come_back_and_padding_does_not() -> None:
 def test_chat_logprobs_are_concatenated_and_replayed_one_token_per_chunk() -> None:
     kept = stored(Kind.CHAT, LOGPROBS)
     whole = ChatCompletion.model_validate_json(answer.replay_json(kept)).choices[0]
-    assert whole.message.content == "Bonjour à tous😀"
+    assert whole.message.content == "Bonjour à tous😀" and whole.stop_reason == "\n\n"  # type: ignore[attr-defined]
     assert whole.logprobs is not None and whole.logprobs.content is not None
     assert [t.logprob for t in whole.logprobs.content] == [-0.25, -1.5, -0.75, -0.5, -0.1]
     pairs = [
@@ -270,8 +270,7 @@ def test_plain_text_still_replays_in_pieces_of_about_48_characters() -> None:
     assert deltas[0] == {"role": "assistant", "content": ""}
     pieces = [d["content"] for d in deltas[1:-1]]
     assert "".join(pieces) == words and all(len(p) <= 48 for p in pieces) and len(pieces) > 5
-    assert deltas[-1] == {}
-    assert all(c["choices"][0]["logprobs"] is None for c in chunks if c["choices"])
+    assert deltas[-1] == {} and all(c["choices"][0]["logprobs"] is None for c in chunks[:-1])
 
 
 @pytest.mark.parametrize(
@@ -312,7 +311,7 @@ def test_null_and_empty_fields_are_no_obstacle() -> None:
     choice |= {"finish_reason": "stop", "stop_reason": None, "token_ids": None}
     body = {"id": "x", "object": "chat.completion", "created": 1, "model": "m"}
     body |= {"choices": [choice], "prompt_logprobs": None, "kv_transfer_params": None}
-    kept = answer.from_body(orjson.dumps(body))
+    kept = answer.from_body(orjson.dumps({**body, "timings": {"predicted_n": 2}}))  # llama.cpp
     assert kept is not None and answer.unreplayable(kept) is None
     assert without_ids(orjson.loads(answer.replay_json(kept))) == without_ids(body)
 
@@ -357,7 +356,7 @@ ServeApp = Callable[[web.Application], Awaitable[str]]
 
 
 def cached(sidecars: FakeSidecars) -> dict[str, Any]:
-    """The fake sidecars; hits that do not depend on the machine's load (as test_cache_path)."""
+    # hits that do not depend on the machine's load, as in test_cache_path
     never_late = {"cache_lookup_budget_ms": 2000, "cache_speculative": False}
     return {"cache_target": sidecars.target, "embedder_target": sidecars.target, **never_late}
 

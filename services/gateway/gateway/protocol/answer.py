@@ -38,13 +38,16 @@ __all__ = [
 
 
 def from_body(body: bytes) -> bytes | None:
-    """A non-streamed answer, kept as it came if it is complete."""
+    """A non-streamed answer, kept as it came (but for ``fidelity.MEASUREMENTS``) if
+    it is complete."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(data, dict) or not _complete(data.get("choices")):
         return None
+    for field in fidelity.MEASUREMENTS.intersection(data):
+        del data[field]
     return orjson.dumps(data)
 
 

@@ -7,8 +7,10 @@ that the fidelity check refuses to store the answer rather than lose it):
 - chunk: ``id``, ``created``, ``model`` from the first chunk; ``usage`` the
   last one sent (vLLM's ``continuous_usage_stats`` sends one per chunk);
   ``system_fingerprint``, ``service_tier`` as last seen; OpenAI's
-  ``obfuscation`` (random padding, different in every chunk) is dropped;
-- choice: ``finish_reason`` and vLLM's ``stop_reason`` (last non-null),
+  ``obfuscation`` (random padding, different in every chunk) and llama.cpp's
+  ``timings`` (how fast that run was) are dropped;
+- choice: ``finish_reason``, vLLM's ``stop_reason`` and SGLang's
+  ``matched_stop`` (last non-null),
   ``logprobs`` concatenated list by list (chat: ``content``, ``refusal``;
   completions: ``tokens``, ``token_logprobs``, ``top_logprobs``,
   ``text_offset``);
@@ -30,9 +32,10 @@ from typing import Any
 import orjson
 
 from gateway.protocol.calls import Kind
+from gateway.protocol.fidelity import ENDING_FIELDS, MEASUREMENTS
 
 _HANDLED_CHUNK_KEYS = frozenset({"id", "object", "created", "model", "choices", "usage"})
-_DROPPED_CHUNK_KEYS = frozenset({"obfuscation"})
+_DROPPED_CHUNK_KEYS = frozenset({"obfuscation", *MEASUREMENTS})
 _TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
 
 
@@ -90,13 +93,13 @@ class _Choice:
 
     __slots__ = (
         "chat",
+        "endings",
         "extra",
         "extra_message",
         "finish_reason",
         "function_call",
         "logprobs",
         "role",
-        "stop_reason",
         "texts",
         "tool_calls",
     )
@@ -109,7 +112,7 @@ class _Choice:
         self.function_call: dict[str, Any] | None = None
         self.logprobs: dict[str, Any] | None = None
         self.finish_reason: Any = None
-        self.stop_reason: Any = None
+        self.endings: dict[str, Any] = {}
         self.extra: dict[str, Any] = {}
         self.extra_message: dict[str, Any] = {}
 
@@ -123,9 +126,11 @@ class _Choice:
                 self._text("content", value)
             elif key == "logprobs":
                 self._merge_logprobs(value)
-            elif key in ("finish_reason", "stop_reason"):
+            elif key == "finish_reason":
+                self.finish_reason = value if value is not None else self.finish_reason
+            elif key in ENDING_FIELDS:
                 if value is not None:
-                    setattr(self, key, value)
+                    self.endings[key] = value
             elif _some(value):  # kept for the fidelity check, under a name no stored field has
                 self.extra["stream_message" if key == "message" else key] = value
 
@@ -194,8 +199,7 @@ class _Choice:
         logprobs = self.logprobs or {}
         choice["logprobs"] = logprobs if any(_some(v) for v in logprobs.values()) else None
         choice["finish_reason"] = self.finish_reason
-        if self.stop_reason is not None:
-            choice["stop_reason"] = self.stop_reason
+        choice.update(self.endings)
         choice.update(self.extra)
         return choice
 

@@ -7,6 +7,7 @@ so an answer carrying anything else is not stored (the cache counts it as
 ``gateway_cache_stores_total{outcome="unreplayable"}``): a lossy hit would be
 worse than a miss. A field whose value is null or empty says nothing and is
 no obstacle (OpenAI's ``"annotations": []``, vLLM's ``"stop_reason": null``).
+``MEASUREMENTS`` (llama.cpp's ``timings``) are dropped from what is stored.
 
 Log probabilities are replayed one token per chunk, each chunk carrying its
 token's text, so they are replayable only when the tokens spell the text
@@ -24,11 +25,17 @@ from typing import Any
 
 from gateway.protocol.calls import Kind
 
+# Measurements of the run that produced an answer, not part of it: not stored (a hit
+# ran nothing). llama.cpp's server sends its prompt and generation speed as ``timings``.
+MEASUREMENTS = frozenset({"timings"})
+# Why a choice stopped, on its last chunk: vLLM's stop string or token id, SGLang's.
+ENDING_FIELDS = ("stop_reason", "matched_stop")
+
 TOP_FIELDS = frozenset(
     {"id", "object", "created", "model", "choices", "usage", "system_fingerprint", "service_tier"}
 )
-CHAT_CHOICE_FIELDS = frozenset({"index", "message", "logprobs", "finish_reason", "stop_reason"})
-TEXT_CHOICE_FIELDS = frozenset({"index", "text", "logprobs", "finish_reason", "stop_reason"})
+CHAT_CHOICE_FIELDS = frozenset({"index", "message", "logprobs", "finish_reason", *ENDING_FIELDS})
+TEXT_CHOICE_FIELDS = frozenset({"index", "text", "logprobs", "finish_reason", *ENDING_FIELDS})
 MESSAGE_FIELDS = frozenset(
     {"role", "content", "refusal", "reasoning_content", "reasoning", "tool_calls", "function_call"}
 )

@@ -16,7 +16,7 @@ choice in this order (vLLM's; OpenAI's has the same shapes):
    ``index``, ``id``, ``type`` and function ``name`` (``arguments: ""``), then
    its arguments in pieces;
 6. the last chunk: an empty delta, ``finish_reason`` (and vLLM's
-   ``stop_reason``);
+   ``stop_reason``, SGLang's ``matched_stop``);
 
 then, when ``stream_options.include_usage`` asks for it, the usage chunk, and
 ``data: [DONE]``. ``system_fingerprint`` and ``service_tier`` are on every chunk.
@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from gateway.protocol.calls import Kind
-from gateway.protocol.fidelity import chat_pieces, text_pieces
+from gateway.protocol.fidelity import ENDING_FIELDS, chat_pieces, text_pieces
 
 REPLAY_CHUNK_CHARS = 48
 _CHUNK_FIELDS = ("system_fingerprint", "service_tier")
@@ -68,8 +68,7 @@ def replay_sse(stored: bytes, *, include_usage: bool) -> bytes:
         for body, logprobs in bodies:
             out.append(_event(head, index, body, logprobs, None, tail))
         last: dict[str, Any] = {"delta": {}} if kind is Kind.CHAT else {"text": ""}
-        if choice.get("stop_reason") is not None:
-            last["stop_reason"] = choice["stop_reason"]
+        last.update((f, choice[f]) for f in ENDING_FIELDS if choice.get(f) is not None)
         out.append(_event(head, index, last, None, choice.get("finish_reason"), tail))
     if include_usage and data.get("usage"):
         usage = {**head, "choices": [], "usage": data["usage"]}
@@ -159,8 +158,9 @@ def _event(
     tail: dict[str, Any],
 ) -> bytes:
     choice = {"index": index, **body, "logprobs": logprobs, "finish_reason": finish}
-    if "stop_reason" in body:  # after finish_reason, as vLLM orders it
-        choice["stop_reason"] = choice.pop("stop_reason")
+    for field in ENDING_FIELDS:  # after finish_reason, as vLLM and SGLang order them
+        if field in body:
+            choice[field] = choice.pop(field)
     return b"data: " + orjson.dumps({**head, "choices": [choice], **tail}) + b"\n\n"
 
 
