@@ -259,6 +259,20 @@ def test_incomplete_or_failed_streams_are_never_kept() -> None:
     assert stored.from_body(b"not json") is None
 
 
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"choices": 3},
+        {"choices": [{"index": "a", "delta": {"content": "x"}, "finish_reason": "stop"}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": 1}, "finish_reason": "stop"}]},
+        {"choices": [{"index": 0, "delta": [], "logprobs": 2, "finish_reason": "stop"}]},
+    ],
+)
+def test_a_malformed_stream_is_not_kept_or_not_replayable_and_never_raises(event: dict) -> None:
+    kept = stored.from_stream(Kind.CHAT, sse(event))
+    assert kept is None or stored.unreplayable(kept) is not None
+
+
 def test_long_answers_replay_in_several_chunks_split_at_spaces() -> None:
     words = " ".join(f"word{i}" for i in range(100))
     kept = orjson.dumps(

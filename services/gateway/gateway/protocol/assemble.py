@@ -60,9 +60,12 @@ def from_stream(kind: Kind, raw: bytes) -> dict[str, Any] | None:
         for key, value in event.items():
             if key not in _HANDLED_CHUNK_KEYS and key not in _DROPPED_CHUNK_KEYS and _some(value):
                 extra[key] = value
-        for delta in event.get("choices") or ():
-            if not isinstance(delta, dict):
-                return None
+        deltas = event.get("choices") or []
+        if not isinstance(deltas, list):
+            return None
+        for delta in deltas:
+            if not isinstance(delta, dict) or not isinstance(delta.get("index", 0), int):
+                return None  # not an answer anyone could read back
             index = delta.get("index", 0)
             acc = choices.get(index)
             if acc is None:
@@ -120,8 +123,8 @@ class _Choice:
         for key, value in choice.items():
             if key == "index":
                 continue
-            if key == "delta" and self.chat:
-                self._merge_delta(value or {})
+            if key == "delta" and self.chat and isinstance(value, dict):
+                self._merge_delta(value)
             elif key == "text" and not self.chat:
                 self._text("content", value)
             elif key == "logprobs":
@@ -137,7 +140,7 @@ class _Choice:
     def _text(self, field: str, value: object) -> None:
         if isinstance(value, str):
             self.texts.setdefault(field, []).append(value)
-        elif value is not None:
+        elif _some(value):
             self.extra_message[field] = value
 
     def _merge_delta(self, delta: dict[str, Any]) -> None:
@@ -146,12 +149,11 @@ class _Choice:
                 self._text(key, value)
             elif key == "role":
                 self.role = value or self.role
-            elif key == "tool_calls":
-                for call in value or ():
+            elif key == "tool_calls" and isinstance(value, list):
+                for call in value:
                     self._merge_tool_call(call)
-            elif key == "function_call":
-                if value:
-                    self.function_call = _merge_function(self.function_call or {}, value)
+            elif key == "function_call" and isinstance(value, dict):
+                self.function_call = _merge_function(self.function_call or {}, value)
             elif _some(value):
                 self.extra_message[key] = value
 
@@ -160,6 +162,9 @@ class _Choice:
             self.extra_message["tool_calls"] = call
             return
         index = call.get("index", len(self.tool_calls))
+        if not isinstance(index, int):
+            self.extra_message["tool_calls"] = call
+            return
         acc = self.tool_calls.setdefault(index, {})
         for key, value in call.items():
             if key == "index" or value is None:
@@ -175,19 +180,20 @@ class _Choice:
         if value is None:
             return
         if not isinstance(value, dict):
-            self.extra["logprobs"] = value
+            self.extra["logprobs"] = value  # overrides the merged ones: the check sees it
             return
         acc = self.logprobs if self.logprobs is not None else {}
         self.logprobs = acc
-        for key, lists in value.items():
-            if isinstance(lists, list):
-                if acc.get(key) is None:
-                    acc[key] = []
-                acc[key].extend(lists)
-            elif lists is None:
-                acc.setdefault(key, None)
+        for key, part in value.items():
+            current = acc.get(key)
+            if isinstance(part, list) and isinstance(current, list):
+                current.extend(part)
+            elif isinstance(part, list) and current is None:
+                acc[key] = list(part)
+            elif part is not None:
+                self.extra["logprobs"] = value  # a scalar cannot be merged
             else:
-                acc[key] = lists  # a scalar cannot be merged: the fidelity check sees it
+                acc.setdefault(key, None)
 
     def finish(self, index: int) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": index}
