@@ -63,6 +63,8 @@ def _unknown(data: dict[str, Any], known: frozenset[str], path: str) -> str | No
 
 
 def _choice(kind: Kind, choice: dict[str, Any], path: str) -> str | None:
+    if not isinstance(choice.get("index", 0), int):
+        return path + ".index"
     if kind is Kind.COMPLETION:
         found = _unknown(choice, TEXT_CHOICE_FIELDS, path + ".")
         if found is None and not isinstance(choice.get("text"), str):
@@ -81,13 +83,13 @@ def _choice(kind: Kind, choice: dict[str, Any], path: str) -> str | None:
 
 def _message(message: dict[str, Any], path: str) -> str | None:
     found = _unknown(message, MESSAGE_FIELDS, path + ".")
-    for field in ("content", "refusal", "reasoning_content", "reasoning"):
+    for field in ("role", "content", "refusal", "reasoning_content", "reasoning"):
         value = message.get(field)
-        if found is None and value is not None and not isinstance(value, str):
-            found = f"{path}.{field}"
+        if value is not None and not isinstance(value, str):
+            found = found or f"{path}.{field}"
     calls = message.get("tool_calls") or []
-    if found is None and not isinstance(calls, list):
-        return path + ".tool_calls"
+    if found is not None or not isinstance(calls, list):
+        return found or path + ".tool_calls"
     for i, call in enumerate(calls):
         found = found or _call(call, f"{path}.tool_calls.{i}", TOOL_CALL_FIELDS)
     legacy = message.get("function_call")

@@ -99,7 +99,7 @@ def _chat(choice: dict[str, Any]) -> Iterator[Body]:
             for piece in split(message.get(field) or ""):
                 yield {"delta": {field: piece}}, None
     legacy = message.get("function_call")
-    if legacy is not None:
+    if legacy:
         name = {"name": legacy.get("name", ""), "arguments": ""}
         yield {"delta": {"function_call": name}}, None
         for piece in split(legacy.get("arguments") or ""):
