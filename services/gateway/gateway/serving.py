@@ -58,10 +58,10 @@ from gateway.errors import GatewayError
 from gateway.protocol import answer
 from gateway.protocol.calls import AnyRequest
 from gateway.protocol.headers import X_CACHE_SIMILARITY, X_REQUEST_ID, CacheOutcome
+from gateway.proxy.attempt import Opened
 from gateway.proxy.call import Call, Completion
 from gateway.proxy.handler import Observer, Proxy, discard, unexpected
 from gateway.proxy.stream import STREAM_HEADERS
-from gateway.proxy.upstream import Opened
 from gateway.responses import RawResponse
 from gateway.settings import GatewaySettings
 from gateway.tracing import Tracing

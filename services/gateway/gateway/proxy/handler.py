@@ -28,10 +28,11 @@ from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import answer
 from gateway.protocol.sse import StreamWatch
+from gateway.proxy.attempt import Opened
 from gateway.proxy.call import Call, Completion
 from gateway.proxy.continuation import FINISH, Splicer, continuation_body, partial_answer
 from gateway.proxy.stream import Resume, Resumed, StreamResponse
-from gateway.proxy.upstream import Opened, Upstream
+from gateway.proxy.upstream import Upstream
 from gateway.responses import RawResponse
 from gateway.tracing import Tracing
 from llmgw_common.logs import get_logger

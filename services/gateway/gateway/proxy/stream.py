@@ -29,9 +29,9 @@ from gateway.balance.lease import Lease
 from gateway.balance.outcome import ErrorKind, Outcome, classify
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.protocol.sse import StreamWatch
+from gateway.proxy.attempt import Opened
 from gateway.proxy.call import Call
 from gateway.proxy.continuation import Splicer
-from gateway.proxy.upstream import Opened
 
 Scope = dict[str, Any]
 Receive = Callable[[], Any]

@@ -1,5 +1,8 @@
 """Open a request to a model server, failing over until the first byte.
 
+Each attempt's HTTP mechanics are :mod:`gateway.proxy.attempt`; here, which
+endpoint, failover, blame, and hedging (:mod:`gateway.proxy.hedging`).
+
 :meth:`Upstream.open` picks an endpoint from the pool and tries it. Anything
 that goes wrong before the client has seen a byte (connect error, 5xx, 429,
 no first chunk in time, a stream that closes empty) is retried on another
@@ -13,30 +16,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Collection
-from dataclasses import dataclass
 
-import aiohttp
-
-from gateway.balance.endpoint import EndpointSpec
 from gateway.balance.errors import NoEndpoint, UnknownModel
-from gateway.balance.outcome import ErrorKind, Outcome, classify, is_context_overflow
+from gateway.balance.outcome import Outcome
 from gateway.balance.pool import Lease, Pool
 from gateway.errors import (
     GatewayError,
     ModelNotFound,
     NoBackendAvailable,
     RequestFailedEverywhere,
-    UpstreamError,
-    UpstreamTimeout,
 )
 from gateway.metrics import GatewayMetrics
+from gateway.proxy.attempt import REQUEST_FAULT_STATUSES, Attempts, Opened, Retryable
 from gateway.proxy.backend_errors import (
     Failures,
-    context_error,
-    error_message,
-    retry_hint,
-    sanitize_error,
-    upstream_error,
 )
 from gateway.proxy.call import Call
 from gateway.proxy.hedging import Race
@@ -44,75 +37,13 @@ from gateway.settings import GatewaySettings
 from gateway.tracing import Tracing
 
 
-@dataclass(slots=True)
-class Opened:
-    """An upstream answer ready to go to the client."""
-
-    lease: Lease
-    status: int
-    content_type: str
-    response: aiohttp.ClientResponse | None  # a stream still being read
-    first_chunk: bytes  # streams: first body bytes; non-streamed: the whole body
-
-
-# A 500 may be the request's doing (a field that crashes the server's handler);
-# 502-504 say the server is down, overloaded or cut off: charged at once.
-REQUEST_FAULT_STATUSES = frozenset({500})
-
-
-class _Retryable(Exception):
-    def __init__(
-        self,
-        outcome: Outcome,
-        error: GatewayError,
-        retry_after: float | None = None,
-        status: int | None = None,
-    ):
-        super().__init__(error.message)
-        self.outcome = outcome
-        self.error = error
-        self.retry_after = retry_after
-        self.status = status
-        self.lease: Lease | None = None  # the attempt that failed
-
-
-class Upstream:
-    """The model servers, reached through one aiohttp session."""
+class Upstream(Attempts):
+    """Endpoints chosen, attempts failed over and hedged, over :class:`Attempts`."""
 
     def __init__(self, settings: GatewaySettings, pool: Pool, metrics: GatewayMetrics) -> None:
-        self._settings = settings
+        super().__init__(settings)
         self._pool = pool
         self._metrics = metrics
-        self._session: aiohttp.ClientSession | None = None
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=settings.total_timeout_s,
-            sock_connect=settings.connect_timeout_s,
-            sock_read=settings.idle_timeout_s,
-        )
-        self._unary_timeout = aiohttp.ClientTimeout(
-            total=min(settings.unary_timeout_s, settings.total_timeout_s),
-            sock_connect=settings.connect_timeout_s,
-        )
-
-    async def start(self) -> None:
-        # Reuse idle upstream connections for less time than model servers keep them
-        # (uvicorn-based servers such as vLLM close after 5 s): a request never goes
-        # out on a connection the server is closing.
-        connector = aiohttp.TCPConnector(
-            limit=0, ttl_dns_cache=10, keepalive_timeout=self._settings.upstream_keepalive_s
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "Upstream.start() was not awaited"
-        return self._session
 
     def can_retry(self) -> bool:
         """Whether the retry budget allows one more attempt (counted when it does)."""
@@ -145,7 +76,7 @@ class Upstream:
             call.attempts += 1
             try:
                 opened = await self._answer(lease, call, tried, suspects)
-            except _Retryable as failure:
+            except Retryable as failure:
                 failures.add(failure.error)
                 if self._failed(failure, suspects):
                     raise _request_failed(failure.error) from None
@@ -159,7 +90,7 @@ class Upstream:
             return opened
         raise failures.final(tried=len(tried))
 
-    def _failed(self, failure: _Retryable, suspects: list[Lease]) -> bool:
+    def _failed(self, failure: Retryable, suspects: list[Lease]) -> bool:
         """Release a failed attempt; True when the request itself is at fault (a second
         endpoint failed it the way the first did: neither is charged)."""
         lease = failure.lease
@@ -192,7 +123,7 @@ class Upstream:
         if delay is None:
             try:
                 return await self._attempt(lease, call)
-            except _Retryable:
+            except Retryable:
                 raise
             except BaseException:
                 await self._stop(lease, lease.endpoint.name, outrun=False)
@@ -212,7 +143,7 @@ class Upstream:
             await self._stop_hedge(race, suspects)
             await self._stop(lease, name, outrun=False)
             raise
-        except _Retryable as failure:
+        except Retryable as failure:
             race.settled = True
             if race.task is None:
                 raise
@@ -232,7 +163,7 @@ class Upstream:
         return opened
 
     async def _hedge_answers(
-        self, race: Race[Opened], failure: _Retryable, suspects: list[Lease]
+        self, race: Race[Opened], failure: Retryable, suspects: list[Lease]
     ) -> Opened:
         """The first attempt failed while its hedge runs: the hedge may still answer."""
         assert race.task is not None
@@ -249,7 +180,7 @@ class Upstream:
             self._metrics.hedges.labels("hedge").inc()
             return race.task.result()
         self._metrics.hedges.labels("none").inc()
-        if not isinstance(outcome, _Retryable):
+        if not isinstance(outcome, Retryable):
             race.lease.release(Outcome.CANCELLED)
         raise outcome  # a failed hedge fails over as any attempt does (open() releases it)
 
@@ -271,7 +202,7 @@ class Upstream:
             task.cancel()
             await asyncio.wait((task,))
         failure = None if task.cancelled() else task.exception()
-        if isinstance(failure, _Retryable):
+        if isinstance(failure, Retryable):
             self._failed(failure, suspects)
             return
         if failure is None and not task.cancelled():
@@ -313,105 +244,6 @@ class Upstream:
             self._metrics.panic_routings.labels(call.model).inc()
         call.endpoint = lease.endpoint.name
         return lease
-
-    async def _attempt(self, lease: Lease, call: Call) -> Opened:
-        try:
-            return await self._try(lease, call)
-        except _Retryable as failure:
-            failure.lease = lease
-            raise
-
-    async def _try(self, lease: Lease, call: Call) -> Opened:
-        url = lease.endpoint.url + call.route
-        call.upstream_started = time.perf_counter()
-        try:
-            if call.stream:
-                async with asyncio.timeout(self._settings.ttft_timeout_s):
-                    return await self._open_stream(lease, url, call)
-            return await self._unary(lease, url, call)
-        except _Retryable:
-            raise
-        except TimeoutError as exc:
-            raise _Retryable(
-                Outcome.TIMEOUT, UpstreamTimeout("The model server did not answer in time")
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise _Retryable(
-                classify(error=ErrorKind.CONNECT),
-                UpstreamError("The model server could not be reached"),
-            ) from exc
-
-    async def _post(
-        self, spec: EndpointSpec, url: str, call: Call, limits: aiohttp.ClientTimeout
-    ) -> aiohttp.ClientResponse:
-        """A replica whose URL holds its address gets its host name as TLS SNI and ``Host``."""
-        headers = {**call.headers, "Host": spec.host_header} if spec.host_header else call.headers
-        return await self.session.post(
-            url,
-            data=call.body,
-            headers=headers,
-            timeout=limits,
-            server_hostname=spec.server_hostname or None,
-        )
-
-    async def _open_stream(self, lease: Lease, url: str, call: Call) -> Opened:
-        response = await self._post(lease.endpoint, url, call, self._stream_timeout)
-        if response.status != 200:
-            return await self._finish_unary(lease, response, call)
-        try:
-            first = await response.content.readany()
-        except BaseException:
-            response.close()
-            raise
-        if not first:
-            response.close()
-            raise _Retryable(
-                Outcome.STREAM_TRUNCATED,
-                UpstreamError("The model server closed the stream before sending anything"),
-            )
-        if first.startswith(b'data: {"error"'):  # nothing but an error: nothing sent yet
-            response.close()
-            return self._error_first(lease, first)
-        return Opened(
-            lease, 200, response.headers.get("Content-Type", "text/event-stream"), response, first
-        )
-
-    @staticmethod
-    def _error_first(lease: Lease, first: bytes) -> Opened:
-        """A stream whose first event is an error: a 400 if the prompt is too long, else retried.
-
-        The client has seen nothing yet, so it is treated like the same error
-        answered with a 500 (held back, blamed on the request if it repeats).
-        """
-        event = first.split(b"\n\n", 1)[0].removeprefix(b"data: ")
-        message = error_message(event) or ""
-        if is_context_overflow(message):
-            return Opened(lease, 400, "application/json", None, context_error(event))
-        raise _Retryable(Outcome.STREAM_ERROR_EVENT, upstream_error(500, event), status=500)
-
-    async def _unary(self, lease: Lease, url: str, call: Call) -> Opened:
-        response = await self._post(lease.endpoint, url, call, self._unary_timeout)
-        return await self._finish_unary(lease, response, call)
-
-    async def _finish_unary(
-        self, lease: Lease, response: aiohttp.ClientResponse, call: Call
-    ) -> Opened:
-        async with response:
-            body = await response.read()
-        call.upstream_ended = time.perf_counter()
-        status = response.status
-        outcome = classify(status)
-        if status >= 400 and is_context_overflow(error_message(body) or ""):
-            status, body = 400, context_error(body)  # the client's, whatever the backend said
-            return Opened(lease, status, "application/json", None, body)
-        if outcome in (Outcome.SERVER_ERROR, Outcome.RATE_LIMITED):
-            hint = retry_hint(response.headers) if status == 429 else None
-            wait = None if hint is None else hint.seconds  # the pool avoids the endpoint
-            raise _Retryable(outcome, upstream_error(status, body, hint), wait, status)
-        content_type = response.headers.get("Content-Type", "application/json")
-        if outcome is Outcome.CLIENT_ERROR:
-            body, content_type = sanitize_error(status, body), "application/json"
-        return Opened(lease, status, content_type, None, body)
 
 
 def _request_failed(error: GatewayError) -> RequestFailedEverywhere:
