@@ -114,8 +114,8 @@ class Proxy:
         ) -> None:
             lease.release(outcome)  # first: pending drops whatever happens next
             whole = None
-            if copy is not None and outcome is Outcome.SUCCESS:
-                whole = answer.from_stream(call.kind, b"".join(copy))
+            if keep and copy is not None and outcome is Outcome.SUCCESS:  # (a copy kept only
+                whole = answer.from_stream(call.kind, b"".join(copy))  # to continue: not read)
             self._completed(
                 call,
                 Completion(
