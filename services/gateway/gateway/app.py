@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from gateway.api import openapi
 from gateway.api.admin import InvalidateBody, admin_router
-from gateway.api.body import describe, request_id
+from gateway.api.body import request_id
 from gateway.api.completions import completions_routes
 from gateway.api.embeddings import embeddings_router
 from gateway.api.system import metrics_router, system_router
@@ -304,8 +304,10 @@ class ErrorAnswers:
 
 
 def as_gateway_error(request: Request, exc: Exception) -> GatewayError:
-    if isinstance(exc, RequestValidationError):
-        return InvalidRequest(describe(exc))  # type: ignore[arg-type]
+    if isinstance(exc, RequestValidationError):  # FastAPI's own (a declared parameter)
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ())) or "request"
+        return InvalidRequest(f"Invalid value for '{where}': {first.get('msg', 'invalid')}")
     if isinstance(exc, StarletteHTTPException):
         error = GatewayError(str(exc.detail))
         error.status = exc.status_code

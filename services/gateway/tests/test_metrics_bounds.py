@@ -27,10 +27,12 @@ import pytest
 import structlog.testing
 from aiohttp import web
 from fake_sidecars import FakeSidecars
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CollectorRegistry
 
 from gateway.__main__ import bind, ops_server
-from gateway.app import create_app
+from gateway.app import ErrorAnswers, create_app
 from gateway.metrics import REJECTION_REASONS, GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.tenancy import hash_key
@@ -192,6 +194,17 @@ async def test_every_refusal_is_counted_by_reason_and_logged(
     for line in lines:
         assert line["request_id"] == cases[line["reason"]].headers["x-request-id"]
         assert "messages" not in line and "hello" not in orjson.dumps(line).decode()
+
+
+def test_fastapi_s_own_validation_error_is_a_400_refusal() -> None:
+    metrics = GatewayMetrics(CollectorRegistry())
+    request = Request({"type": "http", "method": "GET", "path": "/x", "headers": []})
+    error = RequestValidationError([{"loc": ("query", "n"), "msg": "not a number"}])
+    reply = ErrorAnswers(metrics, log_rejections=False)(request, error)
+    assert reply.status_code == 400
+    assert b"query.n" in bytes(reply.body)
+    value = metrics.registry.get_sample_value
+    assert value("gateway_rejected_requests_total", {"reason": "invalid_request"}) == 1
 
 
 async def test_a_backend_s_429_is_not_a_refusal_of_the_gateway(
@@ -434,6 +447,13 @@ async def test_not_ready_without_a_model_to_serve(make_gateway: MakeGateway) -> 
     ready = await gw.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["status"] == "no model known"
+
+
+async def test_readyz_never_refuses_its_query(make_gateway: MakeGateway) -> None:
+    gw = await make_gateway([backend("http://127.0.0.1:9", "alpha")])
+    for query in ("backends=%0C%04%C3%BA", "backends=", "other=1&backends=no"):
+        reply = await gw.get(f"/readyz?{query}")
+        assert reply.status_code == 200, query  # anything but a yes: the gateway's own readiness
 
 
 async def test_ready_with_backends_is_ready_either_way(
