@@ -274,7 +274,7 @@ class Proxy:
             now - call.started
         )
         if call.first_token_at:
-            m.ttft.labels(call.model).observe(call.first_token_at - call.started)
+            m.first_token(call.model, call.cache, call.first_token_at - call.started)
         if call.upstream_started and call.upstream_ended:
             upstream = call.upstream_ended - call.upstream_started
             m.overhead.labels(call.route).observe(max(0.0, now - call.started - upstream))
