@@ -120,6 +120,9 @@ def run(args: argparse.Namespace, stack: Stack) -> None:
         cache_target=cache,
         # llama.cpp serves one request at a time: a decoding stream blocks the next.
         decode_weight="1" if args.backend == "llamacpp" else "0.1",
+        # llama.cpp's chat API cannot continue a partial answer (no
+        # continue_final_message): a stream it breaks ends with an error event.
+        stream_continuations="0" if args.backend == "llamacpp" else "1",
     )
     print(CURLS.format(port=ports.gateway, model=model, logs=args.log_dir), flush=True)
 
