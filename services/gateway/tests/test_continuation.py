@@ -130,3 +130,22 @@ async def test_a_stream_that_only_lacked_its_end_marker_is_ended(
     text = (await gw.get("/metrics")).text
     assert metric(text, "gateway_stream_continuations_total", result="finished") == 1
     assert metric(text, "gateway_requests_total", status="200") == 1
+
+
+async def test_a_stream_that_stalls_past_the_idle_timeout_is_continued(
+    make_backend: MakeBackend, make_gateway: MakeGateway
+) -> None:
+    stalling = await make_backend(inter_token_ms=3000, output_tokens=16, ping_interval_ms=60000)
+    healthy = await make_backend(inter_token_ms=1, output_tokens=16)
+    gw = await make_gateway(
+        [backend(stalling), backend(healthy)], pool=FirstTry(first=stalling), idle_timeout_s=0.3
+    )
+    asked = chat("a story that stalls")
+    route = Kind.CHAT.route
+    direct = (await httpx.AsyncClient().post(healthy + route, json={**asked, "stream": True})).text
+    body = await stream_text(gw, route, asked)
+    assert content(body) == content(direct) and '"error"' not in body
+    text = (await gw.get("/metrics")).text
+    assert (
+        metric(text, "gateway_upstream_attempts_total", endpoint=stalling, outcome="timeout") == 1
+    )
