@@ -169,3 +169,26 @@ async def test_a_malformed_stream_message_is_skipped(
 
     assert [type(c).__name__ for c in batch.changes] == ["Added"]
     assert batch.checkpoint.read == checkpoint.read + 2
+
+
+async def test_the_stream_is_trimmed_by_age_too_and_a_replica_behind_it_resyncs(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("semcache.redis_store._TRIM_EVERY_S", 0.0)
+    a = RedisStore(redis_url, max_entries=10_000, stream_maxlen=100_000, stream_max_age_s=1.0)
+    b = RedisStore(redis_url, max_entries=10_000, stream_maxlen=100_000, stream_max_age_s=1.0)
+    try:
+        checkpoint = await b.checkpoint()
+        for i in range(500):  # far under MAXLEN: only age can trim these
+            await a.put(entry(i))
+        await asyncio.sleep(1.2)
+        await a.put(entry(500))  # this write trims what is over a second old
+        client = aioredis.from_url(redis_url)
+        length = await client.xlen("{llmgw-cache}:stream")
+        await client.aclose()
+        assert length < 200, f"{length} changes left of 501"
+        with pytest.raises(ResyncNeeded, match="trimmed"):
+            await b.read_changes(checkpoint)
+    finally:
+        await a.close()
+        await b.close()

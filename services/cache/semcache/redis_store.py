@@ -7,8 +7,14 @@ with ``XREAD BLOCK`` from the last id it applied, on its own connection.
 Before every read of the stream the follower checks that the stream still
 covers what it has not applied: the epoch key must be unchanged (a Redis that
 restarted without persistence has lost everything, so the index must be
-rebuilt) and ``entries-added - read <= length`` (else ``MAXLEN`` trimmed changes
-it never saw). Either failure is ``ResyncNeeded``: rescan Redis.
+rebuilt) and ``entries-added - read <= length`` (else trimming took changes it
+never saw). Either failure is ``ResyncNeeded``: rescan Redis.
+
+The stream is trimmed by count in every write (``MAXLEN ~``) and by age, every
+few seconds after a write (``XTRIM MINID ~``, ``stream_max_age_s`` by Redis's
+own clock), so a quiet fleet's stream does not keep ``MAXLEN`` changes
+forever; a replica further behind than that resyncs, as it does past
+``MAXLEN``.
 
 Sockets have short timeouts and connection errors are retried once at most, so
 a Redis that is down gives ``StoreUnavailable`` (UNAVAILABLE) at once; callers
@@ -50,6 +56,7 @@ _SCAN_COUNT = 1000
 _SCAN_ATTEMPTS = 3  # per batch: a slow reply is retried at the same cursor
 _DROP_BATCH = 1000
 _READ_COUNT = 1000
+_TRIM_EVERY_S = 5.0  # how often a writer trims the change stream by age
 
 ErrorObserver = Callable[[str], None]  # called with the operation's name
 
@@ -117,6 +124,7 @@ class RedisStore:
         prefix: str = "{llmgw-cache}:",
         max_entries: int = 1_000_000,
         stream_maxlen: int = 50_000,
+        stream_max_age_s: float = 600.0,
         block_ms: int = 1000,
         socket_timeout_s: float = 0.5,
         connect_timeout_s: float = 0.25,
@@ -126,6 +134,8 @@ class RedisStore:
         self._prefix = prefix
         self._max_entries = max_entries
         self._maxlen = stream_maxlen
+        self._max_age_s = stream_max_age_s  # 0: by count only
+        self._trim_at = 0.0
         self._block_ms = block_ms
         self._redis = _client(url, socket_timeout_s, connect_timeout_s)
         self._follow = _client(url, block_ms / 1000 + socket_timeout_s, connect_timeout_s)
@@ -198,7 +208,22 @@ class RedisStore:
             reply = await self._scripts["PUT"](
                 keys=self._keys(), args=self._put_args(entry, time.time())
             )
+        await self._trim_by_age()
         return self._put_result(entry, reply)
+
+    async def _trim_by_age(self) -> None:
+        """Drop the changes older than ``stream_max_age_s`` (Redis's clock), at most
+        every few seconds; a failure here fails nothing (the write is done)."""
+        now = time.monotonic()
+        if self._max_age_s <= 0 or now < self._trim_at:
+            return
+        self._trim_at = now + _TRIM_EVERY_S
+        try:
+            seconds, micros = await self._redis.time()
+            oldest_ms = int(seconds * 1000 + micros // 1000 - self._max_age_s * 1000)
+            await self._redis.xtrim(self._stream, minid=f"{oldest_ms}-0", approximate=True)
+        except rexc.RedisError:
+            self._on_error("trim")
 
     async def put_many(self, entries: Sequence[Entry]) -> list[PutResult]:
         """Bulk load (benchmarks, migrations): one pipelined round trip."""

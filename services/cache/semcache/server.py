@@ -115,6 +115,7 @@ def _store(settings: CacheSettings, metrics: CacheMetrics) -> EntryStore:
         prefix=settings.redis_prefix,
         max_entries=settings.max_entries,
         stream_maxlen=settings.stream_maxlen,
+        stream_max_age_s=settings.stream_max_age_s,
         block_ms=settings.stream_block_ms,
         socket_timeout_s=settings.redis_socket_timeout_s,
         connect_timeout_s=settings.redis_connect_timeout_s,

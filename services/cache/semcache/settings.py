@@ -24,6 +24,7 @@ class CacheSettings(BaseSettings):
     redis_socket_timeout_s: float = 0.5  # short: callers fail open on UNAVAILABLE
     redis_connect_timeout_s: float = 0.25
     stream_maxlen: int = Field(default=50_000, ge=100)
+    stream_max_age_s: float = Field(default=600.0, ge=0)  # also trimmed by age (0: count only)
     stream_block_ms: int = Field(default=1000, ge=10)
     snapshot_path: str = ""  # embedded store only: saved on shutdown, loaded at start
 
