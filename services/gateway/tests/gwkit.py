@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import httpx
 import orjson
+
+from gateway.balance.config import PoolConfig
+from gateway.balance.lease import Lease
+from gateway.balance.pool import Pool
 
 MODEL = "mock-llama-3-8b"
 MakeBackend = Callable[..., Awaitable[str]]
@@ -48,3 +52,28 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels`` (0 when none)."""
+    total = 0.0
+    for line in text.splitlines():
+        named = line.startswith((name + "{", name + " "))
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class FirstTry(Pool):
+    """A pool whose first attempt at a request goes to ``first`` (the rest as usual):
+    a race or a failover made deterministic, everything after it the gateway's own."""
+
+    def __init__(self, first: str, config: PoolConfig | None = None) -> None:
+        super().__init__(config or PoolConfig())
+        self.first = first
+
+    def acquire(self, model: str, exclude: Collection[str] = (), **kw: Any) -> Lease:
+        if not exclude:
+            others = [s.name for s in self.snapshot() if s.name != self.first]
+            return super().acquire(model, others, **kw)
+        return super().acquire(model, exclude, **kw)

@@ -4,40 +4,13 @@ would have got uninterrupted (the mock's answers are deterministic)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import Any
 
 import httpx
 import orjson
 
-from gateway.balance.config import PoolConfig
-from gateway.balance.lease import Lease
-from gateway.balance.pool import Pool
 from gateway.protocol.calls import Kind
-from gwkit import MakeBackend, MakeGateway, backend, chat, content, events
-
-
-class FirstTry(Pool):
-    """A pool whose first attempt at a request goes to ``first``."""
-
-    def __init__(self, first: str) -> None:
-        super().__init__(PoolConfig())
-        self.first = first
-
-    def acquire(self, model: str, exclude: Collection[str] = (), **kw: Any) -> Lease:
-        if not exclude:
-            others = [s.name for s in self.snapshot() if s.name != self.first]
-            return super().acquire(model, others, **kw)
-        return super().acquire(model, exclude, **kw)
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        named = line.startswith((name + "{", name + " "))
-        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+from gwkit import FirstTry, MakeBackend, MakeGateway, backend, chat, content, events, metric
 
 
 async def stream_text(gw: httpx.AsyncClient, route: str, body: dict[str, Any]) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection
 from typing import Any
 
 import httpx
@@ -19,26 +18,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from gateway.app import create_app
 from gateway.balance.config import PoolConfig
 from gateway.balance.hedge import HedgeConfig
-from gateway.balance.lease import Lease
-from gateway.balance.pool import Pool
 from gateway.balance.retry_budget import RetryBudgetConfig
 from gateway.protocol.calls import Kind
 from gateway.settings import GatewaySettings
-from gwkit import MakeBackend, MakeGateway, backend, chat, content
-
-
-class FirstTry(Pool):
-    """A pool whose first attempt at a request goes to ``first`` (the rest as usual)."""
-
-    def __init__(self, config: PoolConfig, first: str) -> None:
-        super().__init__(config)
-        self.first = first
-
-    def acquire(self, model: str, exclude: Collection[str] = (), **kw: Any) -> Lease:
-        if not exclude:
-            others = [s.name for s in self.snapshot() if s.name != self.first]
-            return super().acquire(model, others, **kw)
-        return super().acquire(model, exclude, **kw)
+from gwkit import FirstTry, MakeBackend, MakeGateway, backend, chat, content, metric
 
 
 def hedging(
@@ -52,15 +35,6 @@ def hedging(
             budget=RetryBudgetConfig(ratio=ratio, min_per_s=min_per_s),
         )
     )
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        named = line.startswith((name + "{", name + " "))
-        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def stream(gw: httpx.AsyncClient) -> tuple[float, str]:
@@ -81,9 +55,7 @@ async def test_a_late_first_token_is_won_by_the_hedge_and_the_slow_attempt_stopp
 ) -> None:
     slow = await make_backend(ttft_ms=3000)
     fast = await make_backend(ttft_ms=5)
-    gw = await make_gateway(
-        [backend(slow), backend(fast)], pool=FirstTry(hedging(0.05), first=slow)
-    )
+    gw = await make_gateway([backend(slow), backend(fast)], pool=FirstTry(slow, hedging(0.05)))
     first, body = await stream(gw)
     assert first < 1.0, "answered by the hedge, not after the slow first token"
     assert "[DONE]" in body and content(body)
@@ -99,7 +71,7 @@ async def test_when_the_first_attempt_answers_first_the_hedge_is_cancelled(
     first_ep = await make_backend(ttft_ms=200)
     slower = await make_backend(ttft_ms=3000)
     gw = await make_gateway(
-        [backend(first_ep), backend(slower)], pool=FirstTry(hedging(0.05), first=first_ep)
+        [backend(first_ep), backend(slower)], pool=FirstTry(first_ep, hedging(0.05))
     )
     first, body = await stream(gw)
     assert 0.15 < first < 1.0 and "[DONE]" in body
@@ -116,16 +88,14 @@ async def test_no_hedge_beyond_the_budget_or_for_a_non_streamed_request(
     slow = await make_backend(ttft_ms=400)
     fast = await make_backend(ttft_ms=5)
     no_budget = hedging(0.05, ratio=0.0, min_per_s=0.0)
-    gw = await make_gateway([backend(slow), backend(fast)], pool=FirstTry(no_budget, first=slow))
+    gw = await make_gateway([backend(slow), backend(fast)], pool=FirstTry(slow, no_budget))
     first, _ = await stream(gw)
     assert first >= 0.35, "the slow first token was waited for"
     text = (await gw.get("/metrics")).text
     assert metric(text, "gateway_hedges_total") == 0
     assert metric(text, "gateway_hedge_budget_exhausted_total") == 1
 
-    gw = await make_gateway(
-        [backend(slow), backend(fast)], pool=FirstTry(hedging(0.05), first=slow)
-    )
+    gw = await make_gateway([backend(slow), backend(fast)], pool=FirstTry(slow, hedging(0.05)))
     reply = await gw.post(Kind.CHAT.route, json=chat("hi"))
     assert reply.status_code == 200
     assert metric((await gw.get("/metrics")).text, "gateway_hedges_total") == 0
@@ -137,7 +107,7 @@ async def test_hedging_off_waits_for_the_first_attempt(
     slow = await make_backend(ttft_ms=400)
     fast = await make_backend(ttft_ms=5)
     gw = await make_gateway(
-        [backend(slow), backend(fast)], pool=FirstTry(hedging(enabled=False), first=slow)
+        [backend(slow), backend(fast)], pool=FirstTry(slow, hedging(enabled=False))
     )
     first, _ = await stream(gw)
     assert first >= 0.35
@@ -149,7 +119,7 @@ async def test_a_first_attempt_that_fails_while_hedged_leaves_the_answer_to_the_
 ) -> None:
     breaking = await make_backend(ttft_ms=300, fault="cut:0")  # closes at its first token
     other = await make_backend(ttft_ms=500)
-    pool = FirstTry(hedging(0.05), first=breaking)
+    pool = FirstTry(breaking, hedging(0.05))
     gw = await make_gateway([backend(breaking), backend(other)], pool=pool)
     first, body = await stream(gw)
     assert 0.4 < first < 2.0 and "[DONE]" in body and content(body)
@@ -165,7 +135,7 @@ async def test_a_client_that_leaves_a_hedged_race_frees_both_endpoints(
 ) -> None:
     one = await make_backend(ttft_ms=3000)
     two = await make_backend(ttft_ms=3000)
-    pool = FirstTry(hedging(0.05), first=one)
+    pool = FirstTry(one, hedging(0.05))
     registry = CollectorRegistry()
     settings = GatewaySettings(backends=[backend(one), backend(two)])
     app = create_app(settings, pool=pool, registry=registry)
