@@ -73,7 +73,8 @@ class Pool:
         self._p2c = PowerOfTwoChoices(self._rng)
         self._budget = RetryBudget(config.retry_budget)
         self._hedge_budget = RetryBudget(config.hedge.budget)
-        self._pool_ttft = RecentSamples(256)  # every endpoint's first tokens, for hedging
+        # every endpoint's first tokens, for hedging: asked on every stream, resorted every 16
+        self._pool_ttft = RecentSamples(256, resort_after=16)
         self._endpoints: dict[str, Endpoint] = {}
         self._by_model: dict[str, list[Endpoint]] = {}
         self.update(specs)

@@ -2,21 +2,25 @@
 
 A ring of the most recent ``size`` samples: quantiles follow the endpoint as
 it is now (a window of requests, not of time, so a quiet endpoint keeps what
-it last showed). Sorting 64 floats costs a few microseconds and happens at
-most once per new sample, when a quantile is asked for.
+it last showed). The samples are sorted when a quantile is asked for and at
+least ``resort_after`` samples came since the last sort (sorting 256 floats
+costs ~5 us, 64 ~1 us: the pool's ring, asked on every stream, is resorted
+every 16 samples, which moves its median by a sixteenth of its window at most).
 """
 
 from __future__ import annotations
 
 
 class RecentSamples:
-    __slots__ = ("_next", "_ring", "_size", "_sorted")
+    __slots__ = ("_fresh", "_next", "_resort_after", "_ring", "_size", "_sorted")
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = 64, resort_after: int = 1) -> None:
         self._size = size
+        self._resort_after = resort_after
         self._ring: list[float] = []
         self._next = 0
         self._sorted: list[float] | None = None
+        self._fresh = 0  # samples since the last sort
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -27,7 +31,9 @@ class RecentSamples:
         else:
             self._ring[self._next] = value
             self._next = (self._next + 1) % self._size
-        self._sorted = None
+        self._fresh += 1
+        if self._sorted is not None and self._fresh >= self._resort_after:
+            self._sorted = None
 
     def quantile(self, q: float) -> float | None:
         """The ``q`` quantile (0..1, nearest rank) of the samples kept; None when empty."""
@@ -35,6 +41,7 @@ class RecentSamples:
             return None
         if self._sorted is None:
             self._sorted = sorted(self._ring)
+            self._fresh = 0
         ranked = self._sorted
         return ranked[min(len(ranked) - 1, max(0, round(q * len(ranked)) - 1))]
 
@@ -54,3 +61,4 @@ class RecentSamples:
         self._ring.clear()
         self._next = 0
         self._sorted = None
+        self._fresh = 0

@@ -103,3 +103,15 @@ def test_a_slow_endpoint_gets_streams_only_as_probes(
     assert served["slow"] <= 21, f"at most one probe a second, got {served}"
     assert served["a"] > 400 and served["b"] > 400
     assert not slow_now(HedgeConfig(enabled=False), samples(*[0.2] * 8), 0.2, samples(*[FAST] * 64))
+
+
+def test_a_ring_asked_often_is_resorted_only_every_so_many_samples() -> None:
+    kept = RecentSamples(8, resort_after=4)
+    for value in (1.0, 2.0, 3.0, 4.0):
+        kept.observe(value)
+    assert kept.quantile(1.0) == 4.0
+    for value in (10.0, 11.0, 12.0):
+        kept.observe(value)
+    assert kept.quantile(1.0) == 4.0, "three new samples: the last sort still stands"
+    kept.observe(13.0)
+    assert kept.quantile(1.0) == 13.0, "the fourth: sorted again"
