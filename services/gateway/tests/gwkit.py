@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
@@ -55,12 +56,16 @@ class FakeClock:
 
 
 def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of a metric's samples whose labels include ``labels`` (0 when none)."""
+    """The sum of the samples of ``name`` in a /metrics page whose labels include
+    ``labels`` (0 when there are none)."""
     total = 0.0
     for line in text.splitlines():
-        named = line.startswith((name + "{", name + " "))
-        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
+        match = re.match(rf"^{name}(?:{{(.*)}})? (\S+)$", line)
+        if not match:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(match[2])
     return total
 
 

@@ -34,6 +34,7 @@ from gateway.metrics import REJECTION_REASONS, GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.tenancy import hash_key
 from gwkit import MakeBackend, MakeGateway, backend, chat
+from gwkit import metric as sample
 
 Serve = Any  # conftest's serve_app
 
@@ -46,19 +47,6 @@ def series(text: str) -> Counter[str]:
         if match:
             found[match[1]] += 1
     return found
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{name}(?:{{(.*)}})? (\S+)$", line)
-        if not match:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(match[2])
-    return total
 
 
 async def metrics_of(gw: httpx.AsyncClient) -> str:

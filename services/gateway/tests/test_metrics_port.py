@@ -10,12 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from test_metrics_bounds import sample
 
 from gateway.__main__ import bind, ops_server
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gwkit import MakeBackend, MakeGateway, backend, chat
+from gwkit import metric as sample
 
 
 @contextlib.asynccontextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from gateway.app import create_app
 from gateway.proxy.upstream import Upstream
 from gateway.settings import GatewaySettings
 from gwkit import MakeBackend, backend, chat
+from gwkit import metric as _sample
 
 
 def _scope(
@@ -66,19 +66,6 @@ async def _metrics(app: Any) -> str:
 
     await app(_scope("/metrics", "GET"), receive, send)
     return b"".join(m.get("body", b"") for m in sent).decode()
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample (0 when absent), labels matched as a subset."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{name}(?:{{(.*)}})? (\S+)$", line)
-        if not match:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', match[1] or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(match[2])
-    return total
 
 
 @dataclass
