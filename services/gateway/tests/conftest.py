@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -21,7 +23,8 @@ from fake_sidecars import FakeSidecars
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from gwkit import FakeClock, MakeBackend, MakeGateway
+from gateway.tenancy import hash_key
+from gwkit import KEYS, FakeClock, MakeBackend, MakeGateway
 from mockllm.app import create_app as create_mock
 from mockllm.settings import Settings as MockSettings
 
@@ -81,3 +84,17 @@ async def sidecars() -> AsyncIterator[FakeSidecars]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path) -> Path:
+    """A tenants file for ``gwkit.KEYS``: bob rate limited, ops an admin with one stream."""
+    tenants = [
+        {"name": "alice", "key_sha256": [hash_key(KEYS["alice"])]},
+        {"name": "bob", "key_sha256": [hash_key(KEYS["bob"])], "requests_per_s": 1, "burst": 1},
+        {"name": "ops", "key_sha256": [hash_key(KEYS["ops"])], "admin": True, "max_streams": 1},
+        {"name": "carol", "key_sha256": [hash_key(KEYS["carol"])]},
+    ]
+    path = tmp_path / "tenants.json"
+    path.write_bytes(orjson.dumps({"tenants": tenants}))
+    return path

@@ -82,3 +82,16 @@ class FirstTry(Pool):
             others = [s.name for s in self.snapshot() if s.name != self.first]
             return super().acquire(model, others, **kw)
         return super().acquire(model, exclude, **kw)
+
+
+# Tenants for the tests of keys and limits (the tenants file: the keys_file fixture).
+KEYS = {
+    "alice": "sk-alice-0123456789",
+    "bob": "sk-bob-0123456789",
+    "ops": "sk-ops-0123456789",
+    "carol": "sk-carol-0123456789",
+}
+
+
+def as_(tenant: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[tenant]}"}

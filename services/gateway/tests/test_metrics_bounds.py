@@ -32,8 +32,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import ErrorAnswers
 from gateway.metrics import REJECTION_REASONS, GatewayMetrics
 from gateway.settings import GatewaySettings
-from gateway.tenancy import hash_key
-from gwkit import MakeBackend, MakeGateway, backend, chat
+from gwkit import MakeBackend, MakeGateway, as_, backend, chat
 from gwkit import metric as sample
 
 Serve = Any  # conftest's serve_app
@@ -98,23 +97,6 @@ def test_a_model_label_is_a_served_model_or_unknown() -> None:
 
 
 # --- (b) refusals --------------------------------------------------------------------
-
-KEYS = {"alice": "sk-alice-0123456789", "bob": "sk-bob-0123456789"}
-
-
-@pytest.fixture
-def keys_file(tmp_path: Path) -> Path:
-    tenants = [
-        {"name": "alice", "key_sha256": [hash_key(KEYS["alice"])]},
-        {"name": "bob", "key_sha256": [hash_key(KEYS["bob"])], "requests_per_s": 1, "burst": 1},
-    ]
-    path = tmp_path / "tenants.json"
-    path.write_bytes(orjson.dumps({"tenants": tenants}))
-    return path
-
-
-def as_(tenant: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {KEYS[tenant]}"}
 
 
 async def test_every_refusal_is_counted_by_reason_and_logged(

@@ -6,36 +6,9 @@ import asyncio
 from pathlib import Path
 
 import httpx
-import orjson
-import pytest
 from fake_sidecars import FakeSidecars
 
-from gateway.tenancy import hash_key
-from gwkit import MakeBackend, MakeGateway, backend, chat
-
-KEYS = {
-    "alice": "sk-alice-0123456789",
-    "bob": "sk-bob-0123456789",
-    "ops": "sk-ops-0123456789",
-    "carol": "sk-carol-0123456789",
-}
-
-
-@pytest.fixture
-def keys_file(tmp_path: Path) -> Path:
-    tenants = [
-        {"name": "alice", "key_sha256": [hash_key(KEYS["alice"])]},
-        {"name": "bob", "key_sha256": [hash_key(KEYS["bob"])], "requests_per_s": 1, "burst": 1},
-        {"name": "ops", "key_sha256": [hash_key(KEYS["ops"])], "admin": True, "max_streams": 1},
-        {"name": "carol", "key_sha256": [hash_key(KEYS["carol"])]},
-    ]
-    path = tmp_path / "tenants.json"
-    path.write_bytes(orjson.dumps({"tenants": tenants}))
-    return path
-
-
-def as_(tenant: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {KEYS[tenant]}"}
+from gwkit import MakeBackend, MakeGateway, as_, backend, chat
 
 
 async def test_keys_are_required_and_checked(
