@@ -40,6 +40,7 @@ from gateway.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from gateway.flow import FlowControl, FlowMetrics
 from gateway.gate import Gate
 from gateway.metrics import GatewayMetrics
 from gateway.protocol.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -124,12 +125,18 @@ class Gateway:
             settings.otlp_endpoint, settings.trace_sample_ratio
         )
         self.upstream = Upstream(settings, self.pool, self.metrics)
+        self.flow = FlowControl(
+            settings.flow_config(engine_metrics=settings.engine_metrics),
+            self.pool,
+            FlowMetrics(self.registry),
+        )
         self.proxy = Proxy(
             self.upstream,
             self.metrics,
             log_requests=settings.log_requests,
             tracing=self.tracing,
             continuations=settings.stream_continuations,
+            flow=self.flow if self.flow.active else None,
         )
         self.completions = Completions(settings, self.proxy, self.tracing)
         self.sidecars = Sidecars()
@@ -161,6 +168,8 @@ class Gateway:
             asyncio.create_task(discovery.run(), name="discovery"),
             asyncio.create_task(refresh_backend_gauges(pool, self.metrics), name="gauges"),
         ]
+        if self.flow.active:
+            self._tasks.append(asyncio.create_task(self.flow.run(), name="flow"))
         if settings.engine_metrics:
             poller = EnginePoller(pool, upstream.session)
             self._tasks.append(asyncio.create_task(poller.run(), name="engine"))

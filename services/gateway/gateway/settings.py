@@ -34,6 +34,7 @@ from gateway.balance.breaker import BreakerConfig
 from gateway.balance.config import PoolConfig
 from gateway.balance.hedge import HedgeConfig
 from gateway.balance.retry_budget import RetryBudgetConfig
+from gateway.flow.settings import FlowSettings
 from gateway.tenancy import AuthConfig, LimitsConfig, RedisKeysConfig, hash_key
 
 
@@ -61,7 +62,9 @@ class BackendConfig(BaseModel):
         return url.removesuffix("/v1")
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(FlowSettings, BaseSettings):
+    """Every setting; the ``GATEWAY_FLOW_*`` ones are declared in ``gateway.flow.settings``."""
+
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", frozen=True, extra="ignore")
 
     # Serving

@@ -17,6 +17,7 @@ LAYERS = [
     {"protocol"},
     {"errors", "metrics", "tracing"},
     {"responses", "asgi", "balance", "tenancy"},
+    {"flow"},  # flow control: over the pool's readings and the tenants, under the proxy
     {"settings", "clients"},  # settings builds the balance and tenancy configs
     {"proxy", "cache", "gate"},
     {"serving"},

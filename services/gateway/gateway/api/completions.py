@@ -12,6 +12,7 @@ from gateway.asgi import Handler
 from gateway.balance.prefix import PromptPrefix, prompt_prefix
 from gateway.cache.policy import OPT_IN_HEADER
 from gateway.errors import InvalidRequest
+from gateway.flow import flow_request
 from gateway.gate import Gate
 from gateway.protocol.calls import AnyRequest, Kind, prompt_parts, prompt_text
 from gateway.protocol.schemas import ChatCompletionRequest, CompletionRequest
@@ -34,6 +35,7 @@ def completions_routes(
     """The router (for the OpenAPI document and as a fallback) and the hot handlers."""
     router = APIRouter()
     limit = settings.max_body_bytes
+    flow = settings.flow_config(engine_metrics=settings.engine_metrics)
 
     def check_limits(tokens: int | None, messages: int = 0) -> None:
         if tokens is not None and tokens > settings.max_tokens_limit:
@@ -70,6 +72,16 @@ def completions_routes(
             call.prefix = routing_prefix(req)
         if settings.log_prompts:
             call.prompt = prompt_text(req)
+        if flow.active:  # the request's class, weight, cost and deadline (gateway.flow)
+            prompt = call.prefix.tokens if call.prefix is not None else len(body) // 4
+            call.flow = flow_request(
+                flow,
+                tenant,
+                req.model,
+                request.headers,
+                prompt_tokens=prompt,
+                max_tokens=req.token_limit(),
+            )
         if tracing.enabled:
             call.span, call.trace = tracing.start_request(
                 kind.route,

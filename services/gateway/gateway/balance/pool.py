@@ -39,7 +39,15 @@ from gateway.balance.prefix import BLOCK_TOKENS, PromptPrefix
 from gateway.balance.recent import RecentSamples
 from gateway.balance.retry_budget import RetryBudget
 
-__all__ = ["DECODE_WEIGHT", "EndpointSpec", "EndpointState", "Lease", "Pool", "PoolConfig"]
+__all__ = [
+    "DECODE_WEIGHT",
+    "EndpointSpec",
+    "EndpointState",
+    "Lease",
+    "Pool",
+    "PoolConfig",
+    "Reading",
+]
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,15 @@ class EndpointState:
     ejections: int
     draining: bool
     rate_limited: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One endpoint as flow control's saturation check sees it (``gateway.flow``)."""
+
+    pending: int
+    waiting: float | None  # the engine's own queue, from a fresh reading; None: unknown
+    ttft_cost: float
 
 
 class Pool:
@@ -162,6 +179,19 @@ class Pool:
                 )
             )
         return states
+
+    def readings(self, model: str) -> list[Reading]:
+        """The live endpoints of ``model`` that the breaker allows, for flow control."""
+        now = self._clock()
+        stale = self._config.engine.stale_after_s
+        readings = []
+        for ep in self._by_model.get(model, ()):
+            if ep.eligible(now):
+                engine = ep.engine
+                fresh = engine is not None and now - engine.at <= stale
+                waiting = engine.waiting if engine is not None and fresh else None
+                readings.append(Reading(ep.pending, waiting, ep.ttft.cost(now)))
+        return readings
 
     # -- the request path ------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.balance.outcome import Outcome
 from gateway.balance.prefix import PromptPrefix
+from gateway.flow import FlowRequest, Ticket
 from gateway.protocol.calls import Kind
 from gateway.protocol.headers import CacheOutcome
 
@@ -96,6 +97,8 @@ class Call:
     upstream_span: Any = None
     prefix: PromptPrefix | None = None  # the prompt's block hashes, for prefix affinity
     prompt: str | None = None  # only when GATEWAY_LOG_PROMPTS is on
+    flow: FlowRequest | None = None  # set by the route when flow control is on
+    ticket: Ticket | None = None  # its slot in the pool, released by Proxy.finish
 
     @property
     def route(self) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 from gateway.balance.lease import Lease
 from gateway.balance.outcome import Outcome, classify
 from gateway.errors import GatewayError
+from gateway.flow import FlowControl
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import answer
 from gateway.protocol.sse import StreamWatch
@@ -53,7 +54,9 @@ class Proxy:
         log_requests: bool,
         tracing: Tracing | None = None,
         continuations: int = 0,
+        flow: FlowControl | None = None,
     ) -> None:
+        self._flow = flow  # waits for a slot first while the pool is saturated (gateway.flow)
         self._continuations = continuations  # per stream, after its first byte
         self._tracing = tracing or Tracing(None)
         self._upstream = upstream
@@ -208,9 +211,11 @@ class Proxy:
         Until the first byte the client only waits, so nothing else would notice
         it going: a queued or long non-streamed request would run on for nobody.
         """
+        if call.flow is not None and self._flow is not None and call.ticket is None:
+            call.ticket = self._flow.enter(call.flow)  # None: it waits, below
         if call.receive is None:
-            return await self._upstream.open(call)
-        opening = asyncio.ensure_future(self._upstream.open(call))
+            return await self._admitted(call)
+        opening = asyncio.ensure_future(self._admitted(call))
         gone = asyncio.ensure_future(_disconnected(call.receive))
         stopped = False
         try:
@@ -223,6 +228,12 @@ class Proxy:
         if stopped:
             raise ClientGone
         return opening.result()
+
+    async def _admitted(self, call: Call) -> Opened:
+        """Wait for a slot in a saturated pool (cancelled when the client leaves), then open."""
+        if call.ticket is None and call.flow is not None and self._flow is not None:
+            call.ticket = await self._flow.wait(call.flow)
+        return await self._upstream.open(call)
 
     async def abandon(self, call: Call, opening: asyncio.Future[Opened]) -> None:
         """A cache hit answers instead: stop the upstream attempt, blaming nobody.
@@ -263,6 +274,8 @@ class Proxy:
         """Metrics and the log line for a call, once: ``completion`` when an upstream
         answer reached the client, else how it ended without one."""
         now = time.perf_counter()
+        if call.ticket is not None:
+            call.ticket.release()  # the next request waiting for this pool may go
         m = self._metrics
         m.in_flight.dec()
         outcome = str(outcome)

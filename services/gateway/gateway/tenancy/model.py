@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Priority classes, highest first (gateway.flow.config says the same; tenancy sits below it).
+PRIORITIES = ("interactive", "batch")
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -22,6 +25,10 @@ class Tenant:
     burst: int | None  # None: one second's worth of requests_per_s
     max_streams: int | None  # concurrent requests (streams or not) in flight for the tenant
     admin: bool = False
+    # Flow control (gateway/flow) and token budgets (tokens.py)
+    weight: float = 1.0  # its share of a saturated pool against the other tenants of its class
+    priority: str = "interactive"  # the highest class it may use, and its requests' default
+    tokens_per_min: int | None = None  # prompt + completion tokens per minute; None: unlimited
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -34,6 +41,12 @@ class Tenant:
             raise ValueError(f"tenant {self.name}: burst must be >= 1 (or null)")
         if self.max_streams is not None and self.max_streams < 1:
             raise ValueError(f"tenant {self.name}: max_streams must be >= 1 (or null)")
+        if not self.weight > 0:
+            raise ValueError(f"tenant {self.name}: weight must be > 0")
+        if self.priority not in PRIORITIES:
+            raise ValueError(f"tenant {self.name}: priority must be one of {PRIORITIES}")
+        if self.tokens_per_min is not None and self.tokens_per_min < 1:
+            raise ValueError(f"tenant {self.name}: tokens_per_min must be >= 1 (or null)")
 
     @property
     def limited(self) -> bool:
@@ -57,6 +70,9 @@ class TenantLimits(BaseModel):
     burst: int | None = Field(None, ge=1)
     max_streams: int | None = Field(None, ge=1)
     admin: bool = False
+    weight: float = Field(1.0, gt=0)
+    priority: Literal["interactive", "batch"] = "interactive"
+    tokens_per_min: int | None = Field(None, ge=1)
 
     def tenant(self, name: str) -> Tenant:
         return Tenant(
@@ -65,4 +81,7 @@ class TenantLimits(BaseModel):
             burst=self.burst,
             max_streams=self.max_streams,
             admin=self.admin,
+            weight=self.weight,
+            priority=self.priority,
+            tokens_per_min=self.tokens_per_min,
         )
