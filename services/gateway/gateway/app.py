@@ -22,6 +22,7 @@ from gateway.api.admin import InvalidateBody, admin_router
 from gateway.api.body import request_id
 from gateway.api.completions import completions_routes
 from gateway.api.embeddings import embeddings_router
+from gateway.api.model_routes import Pins, model_routes
 from gateway.api.system import metrics_router, system_router
 from gateway.asgi import HotPaths, OnError
 from gateway.balance.discovery import Discovery, fetch_models, parse_target
@@ -83,6 +84,10 @@ class Sidecars:
         if settings.cache_target:
             self.cache = CacheClient(sidecar("cache", settings.cache_target))
 
+    def embedder_model(self) -> str:
+        """The sidecar's embedding model, once it told us ("" before, or without one)."""
+        return self.embedder.model if self.embedder is not None else ""
+
     async def close(self) -> None:
         for client in (self.embedder, self.cache):
             if client is not None:
@@ -139,6 +144,7 @@ class Gateway:
             flow=self.flow if self.flow.active else None,
         )
         self.completions = Completions(settings, self.proxy, self.tracing)
+        self.pins = Pins()  # /v1/responses: which endpoint stored which response
         self.sidecars = Sidecars()
         self.gate = Gate(settings, self.metrics)
         self._tasks: list[asyncio.Task[None]] = []
@@ -170,6 +176,10 @@ class Gateway:
         ]
         if self.flow.active:
             self._tasks.append(asyncio.create_task(self.flow.run(), name="flow"))
+        if self.sidecars.embedder is not None:  # its model is listed in /v1/models
+            self._tasks.append(
+                asyncio.create_task(self.sidecars.embedder.learn_model(), name="embedder-model")
+            )
         if settings.engine_metrics:
             poller = EnginePoller(pool, upstream.session)
             self._tasks.append(asyncio.create_task(poller.run(), name="engine"))
@@ -228,10 +238,20 @@ def create_app(
     )
     router, routes = completions_routes(settings, gw.completions, gw.gate, gw.tracing)
     app.include_router(router)
+    others, more, forward = model_routes(settings, gw.proxy, gw.gate, gw.tracing, gw.pins)
+    app.include_router(others)
+    routes.update(more)
     app.include_router(
-        embeddings_router(settings, lambda: gw.sidecars.embedder, gw.gate, gw.metrics)
+        embeddings_router(
+            settings,
+            lambda: gw.sidecars.embedder,
+            gw.gate,
+            gw.metrics,
+            served=gw.pool.has_model,
+            forward=forward,
+        )
     )
-    app.include_router(system_router(gw.pool))
+    app.include_router(system_router(gw.pool, gw.sidecars.embedder_model))
     ops = app
     if settings.metrics_port:
         ops = FastAPI(title="llmgw operations", openapi_url=None, docs_url=None, redoc_url=None)

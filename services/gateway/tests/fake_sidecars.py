@@ -70,6 +70,9 @@ class FakeEmbedder(embedder_pb2_grpc.EmbedderServiceServicer):
             dimension=DIM,
         )
 
+    async def Info(self, request, context):  # type: ignore[no-untyped-def]
+        return embedder_pb2.InfoResponse(model="all-MiniLM-L6-v2", dimension=DIM, max_tokens=256)
+
 
 @dataclass
 class Entry:

@@ -1,6 +1,8 @@
 """``create_app(settings)``: the mock's aiohttp application.
 
-POST /v1/chat/completions   POST /v1/completions   (stream or not; faults; X-Mock-* overrides)
+POST /v1/chat/completions   POST /v1/completions   POST /v1/responses
+                            (stream or not; faults; X-Mock-* overrides)
+POST /tokenize /detokenize /v1/embeddings /v1/rerank /v1/score   (mockllm.pooling)
 GET  /v1/models             GET  /health            GET  /metrics
 """
 
@@ -19,6 +21,7 @@ from mockllm.errors import MockError, error_body
 from mockllm.faults import parse_fault
 from mockllm.generate import Generator
 from mockllm.metrics import CONTENT_TYPE, Metrics
+from mockllm.pooling import Pooling
 from mockllm.settings import Settings
 
 ADMISSION_KEY = web.AppKey("admission", Admission)
@@ -98,6 +101,8 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS_KEY] = metrics
     app.router.add_post("/v1/chat/completions", generator.chat)
     app.router.add_post("/v1/completions", generator.completions)
+    app.router.add_post("/v1/responses", generator.responses)
+    Pooling(settings.models, metrics).add_routes(app)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_page)

@@ -9,6 +9,7 @@ generation where it is and releases the slot in ``finally``.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import NoReturn
 
 import orjson
@@ -21,7 +22,8 @@ from mockllm.errors import InjectedStatus, MockError
 from mockllm.faults import Fault, FaultKind
 from mockllm.metrics import Metrics
 from mockllm.plan import Plan, make_plan, resolve_fault
-from mockllm.render import DONE, PING, error_event
+from mockllm.render import PING
+from mockllm.responses import ResponsesRenderer, as_chat_body
 from mockllm.schema import Kind
 from mockllm.settings import Settings
 
@@ -69,13 +71,28 @@ class Generator:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, "completion")
 
-    async def _handle(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API: the chat generation, rendered as its events (mockllm.responses)."""
+        return await self._handle(request, "chat", responses=True)
+
+    async def _handle(
+        self, request: web.Request, kind: Kind, *, responses: bool = False
+    ) -> web.StreamResponse:
         status = CLIENT_GONE
         try:
             fault = resolve_fault(request.headers, self._default_fault)
             if fault is not None and fault.kind is FaultKind.STATUS:
                 raise InjectedStatus(fault.arg)
-            plan = make_plan(kind, await request.read(), request.headers, self._settings, fault)
+            body = await request.read()
+            plan = make_plan(
+                kind,
+                as_chat_body(body) if responses else body,
+                request.headers,
+                self._settings,
+                fault,
+            )
+            if responses:
+                plan = replace(plan, renderer=ResponsesRenderer(plan.renderer.model, plan.usage))
             if plan.stream:
                 resp = await self._stream(request, plan)
             else:
@@ -160,7 +177,7 @@ class Generator:
             if i == last and stop_at is None:
                 if plan.include_usage:
                     chunk += render.usage_chunk(plan.usage)
-                chunk += DONE
+                chunk += render.end
                 self._metrics.success.labels(render.model, plan.finish_reason).inc()
             await resp.write(chunk)
         else:
@@ -170,7 +187,7 @@ class Generator:
             await _sleep_until(start + plan.token_due(len(tokens)))
         self._strike(request, plan)
         if plan.fault is not None and plan.fault.kind is FaultKind.ERROR_EVENT:
-            await resp.write(error_event(f"Injected fault after {stop_at} tokens") + DONE)
+            await resp.write(render.error(f"Injected fault after {stop_at} tokens"))
 
     async def _respond(self, request: web.Request, plan: Plan) -> web.StreamResponse:
         await self._admission.acquire()

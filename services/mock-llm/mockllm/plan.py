@@ -9,6 +9,7 @@ from mockllm.continuation import Continuation, chat_continuation, completion_con
 from mockllm.errors import BadRequest, ModelNotFound
 from mockllm.faults import Fault, FaultKind, FaultSyntaxError, parse_fault
 from mockllm.render import Renderer, Usage
+from mockllm.responses import ResponsesRenderer
 from mockllm.schema import AnyRequest, ChatCompletionRequest, CompletionRequest, Kind, parse_request
 from mockllm.settings import Settings
 from mockllm.tokens import estimate_tokens, generate_tokens
@@ -21,7 +22,7 @@ TOKENS_HEADER = "X-Mock-Tokens"
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    renderer: Renderer
+    renderer: Renderer | ResponsesRenderer
     tokens: tuple[str, ...]
     finish_reason: str
     usage: Usage

@@ -44,6 +44,7 @@ class Renderer:
     """Builds every body and chunk of one response, with one id and timestamp."""
 
     __slots__ = ("_token_head", "created", "id", "kind", "model")
+    end = DONE  # the stream's last bytes
 
     def __init__(self, kind: Kind, model: str) -> None:
         self.kind = kind
@@ -89,6 +90,10 @@ class Renderer:
         choice["logprobs"] = None
         choice["finish_reason"] = finish_reason
         return self._chunk([choice])
+
+    def error(self, message: str) -> bytes:
+        """A failure mid-stream: vLLM's error event, then the end."""
+        return error_event(message) + DONE
 
     def usage_chunk(self, usage: Usage) -> bytes:
         return self._chunk([], usage=usage.as_dict())

@@ -1,4 +1,11 @@
-"""``POST /v1/embeddings``: the embedder sidecar, in the OpenAI shape.
+"""``POST /v1/embeddings``: a backend's embedding model, or the embedder sidecar's.
+
+A model that a backend serves (it is in the pool: a vLLM server running an
+embedding model lists it in its ``/v1/models``) is forwarded to that pool
+like any model-routed route (``api.model_routes``: routing, failover, limits,
+metered by the proxy). Any other name is for the sidecar: its model (by its
+full name or the part after the last ``/``) answers, in the OpenAI shape; a
+name neither serves is a 404. The sidecar's model is listed in ``/v1/models``.
 
 Metered as the completions are: ``gateway_requests_total{route="/v1/embeddings"}``
 by model and status, ``gateway_request_duration_seconds``, the texts embedded
@@ -21,6 +28,7 @@ from fastapi.responses import Response
 
 from gateway.api import openapi
 from gateway.api.body import parse, read_body, request_id
+from gateway.api.model_routes import Forward, model_of
 from gateway.clients.embedder import EmbedderClient
 from gateway.errors import DependencyUnavailable, GatewayError, ModelNotFound
 from gateway.gate import Gate
@@ -43,7 +51,11 @@ def embeddings_router(
     embedder: Callable[[], EmbedderClient | None],
     gate: Gate,
     metrics: GatewayMetrics,
+    *,
+    served: Callable[[str], bool] = lambda model: False,
+    forward: Forward | None = None,
 ) -> APIRouter:
+    """``served(model)``: a backend serves ``model``, and ``forward`` sends it there."""
     router = APIRouter()
 
     def account(model: str, status: int, started: float, texts: int, tokens: int) -> None:
@@ -59,8 +71,10 @@ def embeddings_router(
         started = time.perf_counter()
         rid = request_id(request)
         request.state.request_id = rid
-        await gate.enter(request)
+        tenant = await gate.enter(request)
         body = await read_body(request, settings.max_body_bytes)
+        if forward is not None and served(model_of(body)[0]):
+            return await forward(request, ROUTE, body, rid, tenant)
         req = parse(EmbeddingRequest, body)
         try:
             response, model, texts, tokens = await embed(req, rid)

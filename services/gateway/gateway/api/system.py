@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import orjson
 from fastapi import APIRouter, Request
@@ -10,7 +11,9 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway.api import openapi
 from gateway.balance.pool import Pool
+from gateway.errors import ModelNotFound
 from gateway.metrics import GatewayMetrics
 from gateway.responses import RawResponse
 
@@ -27,18 +30,36 @@ def scrape_registry(registry: CollectorRegistry, multiprocess: bool) -> Collecto
 TRUE = frozenset({"1", "true", "yes", "on"})
 
 
-def system_router(pool: Pool) -> APIRouter:
-    """``/v1/models``, ``/healthz`` and ``/readyz``: on the API port, always."""
+def system_router(pool: Pool, embedder_model: Callable[[], str] = str) -> APIRouter:
+    """``/v1/models``, ``/v1/models/{id}``, ``/healthz`` and ``/readyz``: on the API port.
+
+    The models are the backends' and the embedder sidecar's (``embedder_model()``,
+    "" until it is known), each once."""
     router = APIRouter()
     started = int(time.time())
 
+    def models() -> dict[str, str]:
+        served = {m: "llmgw" for m in pool.models()}
+        sidecar = embedder_model()
+        if sidecar and sidecar not in served:
+            served[sidecar] = "llmgw-embedder"
+        return served
+
+    def model(name: str, owner: str) -> dict[str, object]:
+        return {"id": name, "object": "model", "created": started, "owned_by": owner}
+
     @router.get("/v1/models")
     async def list_models() -> Response:
-        data = [
-            {"id": m, "object": "model", "created": started, "owned_by": "llmgw"}
-            for m in sorted(pool.models())
-        ]
+        data = [model(name, owner) for name, owner in sorted(models().items())]
         return RawResponse(orjson.dumps({"object": "list", "data": data}), 200, "application/json")
+
+    @router.get("/v1/models/{name:path}", responses=openapi.ERRORS)
+    async def retrieve_model(name: str) -> Response:
+        """One model (a name may hold ``/``: ``meta-llama/Llama-3.1-8B-Instruct``)."""
+        owner = models().get(name)
+        if owner is None:
+            raise ModelNotFound(f"The model {name!r} does not exist")
+        return RawResponse(orjson.dumps(model(name, owner)), 200, "application/json")
 
     @router.get("/healthz")
     async def healthz() -> dict[str, str]:

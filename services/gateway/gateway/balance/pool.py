@@ -136,6 +136,11 @@ class Pool:
                     by_model.setdefault(model, []).append(ep)
         self._by_model = by_model
 
+    def others(self, model: str, name: str) -> list[str]:
+        """The endpoints serving ``model`` other than ``name``: excluded, they keep a
+        request on ``name`` (a follow-up of a response only ``name`` stored)."""
+        return [ep.spec.name for ep in self._by_model.get(model, ()) if ep.spec.name != name]
+
     def set_engine_stats(self, name: str, waiting: float, kv_usage: float | None) -> None:
         """Engine queue figures for one endpoint, stamped with the pool's clock."""
         ep = self._endpoints.get(name)

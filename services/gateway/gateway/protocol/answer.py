@@ -70,7 +70,8 @@ def unreplayable(stored: bytes) -> str | None:
 
 
 def usage_of(body: bytes) -> tuple[int, int]:
-    """``(prompt_tokens, completion_tokens)`` of a non-streamed answer; zeros when absent."""
+    """``(prompt_tokens, completion_tokens)`` of a non-streamed answer (a response
+    object's ``input_tokens`` / ``output_tokens``); zeros when absent."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -78,7 +79,19 @@ def usage_of(body: bytes) -> tuple[int, int]:
     usage = data.get("usage") if isinstance(data, dict) else None
     if not isinstance(usage, dict):
         return 0, 0
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    tokens_in = usage.get("prompt_tokens") or usage.get("input_tokens")  # (/v1/responses)
+    tokens_out = usage.get("completion_tokens") or usage.get("output_tokens")
+    return int(tokens_in or 0), int(tokens_out or 0)
+
+
+def id_of(body: bytes) -> str:
+    """The ``id`` of a whole answer (a response object's, for pinning), or ``""``."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    answer_id = data.get("id") if isinstance(data, dict) else None
+    return answer_id if isinstance(answer_id, str) else ""
 
 
 def text_of(answer: bytes) -> str:

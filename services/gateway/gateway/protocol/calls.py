@@ -11,14 +11,32 @@ AnyRequest = ChatCompletionRequest | CompletionRequest
 
 
 class Kind(enum.Enum):
-    """Chat or text completion: the route, the request schema and the object names."""
+    """What a call is, set once from its route: the request schema, the object names,
+    how its stream ends, whether it can be cached or continued.
+
+    ``CHAT`` and ``COMPLETION`` are the generation routes the cache and stream
+    continuation understand. ``RESPONSES`` is ``/v1/responses``: routed, failed
+    over and timed like chat, its stream watched for ``response.completed``,
+    never cached or continued. ``PASSTHROUGH`` is every other model-routed POST
+    (vLLM's ``/tokenize``, ``/v1/rerank``..., embeddings a backend serves): the
+    body goes to the model's pool untouched and the answer comes back whole;
+    its path is the call's own (``Call.path``).
+    """
 
     CHAT = "chat"
     COMPLETION = "completion"
+    RESPONSES = "responses"
+    PASSTHROUGH = "passthrough"
 
     @property
     def route(self) -> str:
-        return "/v1/chat/completions" if self is Kind.CHAT else "/v1/completions"
+        """The route of the call kind (``PASSTHROUGH`` calls name their own: ``Call.path``)."""
+        return _ROUTES[self]
+
+    @property
+    def generates(self) -> bool:
+        """Chat or text completion: the answers the cache stores and continuation resumes."""
+        return self is Kind.CHAT or self is Kind.COMPLETION
 
     @property
     def schema(self) -> type[AnyRequest]:
@@ -41,6 +59,14 @@ class Kind(enum.Enum):
     @classmethod
     def of_object(cls, name: object) -> Kind:
         return cls.CHAT if name in ("chat.completion", "chat.completion.chunk") else cls.COMPLETION
+
+
+_ROUTES = {
+    Kind.CHAT: "/v1/chat/completions",
+    Kind.COMPLETION: "/v1/completions",
+    Kind.RESPONSES: "/v1/responses",
+    Kind.PASSTHROUGH: "",
+}
 
 
 def message_text(message: ChatMessage) -> str | None:

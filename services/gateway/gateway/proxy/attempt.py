@@ -19,6 +19,8 @@ from gateway.balance.endpoint import EndpointSpec
 from gateway.balance.lease import Lease
 from gateway.balance.outcome import ErrorKind, Outcome, classify, is_context_overflow
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.protocol import responses
+from gateway.protocol.calls import Kind
 from gateway.proxy.backend_errors import (
     context_error,
     error_message,
@@ -158,6 +160,9 @@ class Attempts:
         if first.startswith(b'data: {"error"'):  # nothing but an error: nothing sent yet
             response.close()
             return self._error_first(lease, first)
+        if call.kind is Kind.RESPONSES and (failed := responses.first_error(first)):
+            response.close()  # response.failed (or error) before any token
+            return self._error_first(lease, b"data: " + failed)
         return Opened(
             lease, 200, response.headers.get("Content-Type", "text/event-stream"), response, first
         )

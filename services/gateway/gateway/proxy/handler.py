@@ -28,6 +28,8 @@ from gateway.errors import GatewayError
 from gateway.flow import FlowControl
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import answer
+from gateway.protocol.calls import Kind
+from gateway.protocol.responses import ResponsesWatch
 from gateway.protocol.sse import StreamWatch
 from gateway.proxy.attempt import Opened
 from gateway.proxy.call import Call, Completion
@@ -108,7 +110,8 @@ class Proxy:
             self.finish(call, *unexpected(exc))
             raise
         headers = [(b"x-request-id", call.request_id.encode()), *(extra_headers or ())]
-        keep = observe is not None or call.prompt is not None
+        # The answer is kept for the cache and the prompt log: chat and completions only.
+        keep = call.kind.generates and (observe is not None or call.prompt is not None)
         if opened.response is None:
             return self._whole(call, opened, headers, keep, observe)
 
@@ -116,6 +119,8 @@ class Proxy:
             outcome: Outcome, watch: StreamWatch, copy: list[bytes] | None, lease: Lease
         ) -> None:
             lease.release(outcome)  # first: pending drops whatever happens next
+            if isinstance(watch, ResponsesWatch):
+                call.answer_id = watch.answer_id
             whole = None
             if keep and copy is not None and outcome is Outcome.SUCCESS:  # (a copy kept only
                 whole = answer.from_stream(call.kind, b"".join(copy))  # to continue: not read)
@@ -139,7 +144,7 @@ class Proxy:
             extra_headers=headers[1:],
             keep_copy=keep,
             observe_gap=self._gap,
-            resume=self._resumer(call) if self._continuations else None,
+            resume=self._resumer(call) if self._continuations and call.kind.generates else None,
             max_continuations=self._continuations,
         )
 
@@ -186,6 +191,8 @@ class Proxy:
         opened.lease.release(outcome)
         body = opened.first_chunk
         success = outcome is Outcome.SUCCESS
+        if success and call.kind is Kind.RESPONSES:
+            call.answer_id = answer.id_of(body)
         tokens_in, tokens_out = answer.usage_of(body) if success else (0, 0)
         completion = Completion(
             outcome=outcome,

@@ -23,11 +23,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 from starlette.responses import Response
 
 from gateway.balance.lease import Lease
 from gateway.balance.outcome import ErrorKind, Outcome, classify
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.protocol.calls import Kind
+from gateway.protocol.responses import ResponsesWatch
+from gateway.protocol.responses import error_event as responses_error_event
 from gateway.protocol.sse import StreamWatch
 from gateway.proxy.attempt import Opened
 from gateway.proxy.call import Call
@@ -82,7 +86,7 @@ class StreamResponse(Response):
         self._copy: list[bytes] | None = [] if keep_copy or resume is not None else None
         self._observe_gap = observe_gap
         self._client_gone = False
-        self._watch = StreamWatch()
+        self._watch = ResponsesWatch() if call.kind is Kind.RESPONSES else StreamWatch()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
         """Serve the stream; whatever ends it (success, upstream failure, the
@@ -129,7 +133,7 @@ class StreamResponse(Response):
             await send(
                 {
                     "type": "http.response.body",
-                    "body": _error_event(outcome).sse_event(),
+                    "body": self._final_event(_error_event(outcome)),
                     "more_body": True,
                 }
             )
@@ -187,6 +191,12 @@ class StreamResponse(Response):
         except aiohttp.ClientError:
             return ErrorKind.READ
         return None
+
+    def _final_event(self, error: GatewayError) -> bytes:
+        """The gateway's own last event, in the stream's shape (chat, or Responses)."""
+        if isinstance(self._watch, ResponsesWatch):
+            return responses_error_event(orjson.loads(error.body())["error"], self._watch.sequence)
+        return error.sse_event()
 
     async def _watch_disconnect(self, receive: Receive) -> None:
         while True:

@@ -62,6 +62,8 @@ class Upstream(Attempts):
         A stream whose first token is late is hedged (:meth:`_answer`).
         """
         tried: list[str] = list(exclude)  # endpoints not to try (a stream's broken one)
+        if call.pinned:  # only the endpoint that holds what the call refers to
+            tried += self._pool.others(call.model, call.pinned)
         suspects: list[Lease] = []
         failures = Failures(NoBackendAvailable(f"no backend available for model {call.model!r}"))
         for attempt in range(self._settings.max_attempts):

@@ -1,0 +1,226 @@
+"""``POST /v1/responses`` and the other model-routed POST routes of vLLM's server.
+
+Every route here sends the request body, untouched, to the pool of the model
+it names, through the same :class:`Proxy` as chat: the caller's key and limits
+(``Gate``), the body limit, routing, failover before the first byte, the
+retry budget, timeouts, the breaker, metrics (``route`` is the path), the log
+line and traces. None of them is cached.
+
+- ``/v1/responses``, streamed or not (``protocol.responses`` watches its
+  events: ``response.completed`` ends it, ``response.failed`` / ``error``
+  fail it, and a stream the model server cuts ends with an ``error`` event
+  of the gateway's). Not cached: a response may be stored by the model
+  server and referred to later (``previous_response_id``), carries tools and
+  reasoning items, and its stream is typed events the cache does not replay.
+  Not continued after a cut either (continuation is chat and completions).
+- **Pinning**: vLLM keeps stored responses in the memory of the replica that
+  made them, so a request with ``previous_response_id`` is sent only to the
+  replica that answered that id (:class:`Pins`, per gateway process; an
+  unknown id is routed as usual, and that replica answers whether it has it).
+  A pinned request does not fail over: another replica would not know the id.
+- ``PASSTHROUGH_ROUTES``: vLLM's ``/tokenize``, ``/detokenize``, rerank and
+  score routes, pooling and classification; ``/v1/embeddings`` comes here
+  when a backend serves the embedding model asked for (``api.embeddings``).
+  The answer comes back whole, as the model server sent it.
+
+Where the issue is silent: ``model`` is required on every route (vLLM fills
+in its one model when it is missing; a gateway in front of several cannot),
+and ``/v1/responses/{id}`` (retrieve, cancel, delete) is not routed yet.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from gateway.api import openapi
+from gateway.api.body import read_body, request_id
+from gateway.asgi import Handler
+from gateway.errors import InvalidRequest
+from gateway.gate import Gate
+from gateway.protocol.calls import Kind
+from gateway.proxy.call import Call, Completion, forwardable_headers, upstream_request_id
+from gateway.proxy.handler import Proxy
+from gateway.settings import GatewaySettings
+from gateway.tenancy import Tenant
+from gateway.tracing import Tracing
+
+PASSTHROUGH_ROUTES = (
+    "/tokenize",
+    "/detokenize",
+    "/v1/rerank",
+    "/rerank",
+    "/v2/rerank",
+    "/v1/score",
+    "/score",
+    "/pooling",
+    "/classify",
+)
+# gen_ai.operation.name of a passthrough route: the conventions' names where they have one.
+_OPERATIONS = {"/v1/embeddings": "embeddings"}
+
+# Forward a request whose body is read: (request, path, body, request id, tenant).
+Forward = Callable[[Request, str, bytes, str, Tenant], Awaitable[Response]]
+
+
+class Pins:
+    """Which endpoint answered a response id, for the follow-ups that refer to it.
+
+    Bounded (least recently used out first): an id it forgot is routed as any
+    request, which is what happens without pinning."""
+
+    def __init__(self, size: int = 65_536) -> None:
+        self._size = size
+        self._where: OrderedDict[str, str] = OrderedDict()
+
+    def add(self, answer_id: str, endpoint: str) -> None:
+        self._where[answer_id] = endpoint
+        self._where.move_to_end(answer_id)
+        if len(self._where) > self._size:
+            self._where.popitem(last=False)
+
+    def get(self, answer_id: str) -> str:
+        endpoint = self._where.get(answer_id, "")
+        if endpoint:
+            self._where.move_to_end(answer_id)
+        return endpoint
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def model_of(body: bytes) -> tuple[str, dict[str, object]]:
+    """The ``model`` a JSON body names, and the body; a 400 in the OpenAI shape if none."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("The request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("Invalid value for 'model': a model name is required")
+    return model, data
+
+
+def model_routes(
+    settings: GatewaySettings, proxy: Proxy, gate: Gate, tracing: Tracing, pins: Pins
+) -> tuple[APIRouter, dict[str, Handler], Forward]:
+    """The router (OpenAPI, fallback), the hot handlers, and ``forward`` for embeddings."""
+    router = APIRouter()
+    limit = settings.max_body_bytes
+
+    def remember(call: Call, completion: Completion) -> None:
+        if completion.succeeded and call.answer_id and call.endpoint:
+            pins.add(call.answer_id, call.endpoint)
+
+    async def send(
+        request: Request, kind: Kind, path: str, body: bytes, model: str, rid: str, tenant: Tenant
+    ) -> Response:
+        upstream_id = upstream_request_id(rid)
+        call = Call(
+            kind=kind,
+            model=model,
+            stream=False,
+            body=body,
+            headers=forwardable_headers(request.scope["headers"], upstream_id),
+            request_id=rid,
+            upstream_id=upstream_id if upstream_id != rid else "",
+            receive=request.receive,
+            path=path if kind is Kind.PASSTHROUGH else "",
+        )
+        return await start(call, kind, tenant)
+
+    async def start(call: Call, kind: Kind, tenant: Tenant, **request: object) -> Response:
+        if tracing.enabled:
+            operation = kind.value if kind is Kind.RESPONSES else _operation(call.route)
+            call.span, call.trace = tracing.start_request(
+                call.route,
+                call.headers,
+                kind=operation,
+                model=call.model,
+                stream=call.stream,
+                request=request,
+                tenant=tenant.name,
+                request_id=call.request_id,
+            )
+            tracing.inject(call.trace, call.headers)
+        observe = remember if kind is Kind.RESPONSES else None
+        return await proxy.serve(call, observe=observe)
+
+    async def enter(request: Request) -> tuple[str, Tenant, bytes]:
+        rid = request_id(request)
+        request.state.request_id = rid
+        tenant = await gate.enter(request)
+        return rid, tenant, await read_body(request, limit)
+
+    async def forward(
+        request: Request, path: str, body: bytes, rid: str, tenant: Tenant
+    ) -> Response:
+        model, _ = model_of(body)
+        return await send(request, Kind.PASSTHROUGH, path, body, model, rid, tenant)
+
+    @router.post(Kind.RESPONSES.route, responses=openapi.COMPLETION_RESPONSES)
+    async def responses(request: Request) -> Response:
+        rid, tenant, body = await enter(request)
+        model, data = model_of(body)
+        tokens = data.get("max_output_tokens")
+        if isinstance(tokens, int) and tokens > settings.max_tokens_limit:
+            raise InvalidRequest(
+                f"max_output_tokens is over the limit of {settings.max_tokens_limit}"
+            )
+        given = data.get("input")
+        if isinstance(given, list) and len(given) > settings.max_messages:
+            raise InvalidRequest(f"Too many input items: the limit is {settings.max_messages}")
+        upstream_id = upstream_request_id(rid)
+        call = Call(
+            kind=Kind.RESPONSES,
+            model=model,
+            stream=data.get("stream") is True,
+            body=body,
+            headers=forwardable_headers(request.scope["headers"], upstream_id),
+            request_id=rid,
+            upstream_id=upstream_id if upstream_id != rid else "",
+            receive=request.receive,
+        )
+        previous = data.get("previous_response_id")
+        if isinstance(previous, str):
+            call.pinned = pins.get(previous)
+        return await start(
+            call,
+            Kind.RESPONSES,
+            tenant,
+            **{
+                "gen_ai.request.max_tokens": tokens,
+                "gen_ai.request.temperature": data.get("temperature"),
+                "gen_ai.request.top_p": data.get("top_p"),
+            },
+        )
+
+    hot: dict[str, Handler] = {Kind.RESPONSES.route: responses}
+    for path in PASSTHROUGH_ROUTES:
+        hot[path] = _passthrough(path, enter, forward)
+        router.add_api_route(
+            path, hot[path], methods=["POST"], responses=openapi.ERRORS, summary=f"POST {path}"
+        )
+    return router, hot, forward
+
+
+def _passthrough(
+    path: str,
+    enter: Callable[[Request], Awaitable[tuple[str, Tenant, bytes]]],
+    forward: Forward,
+) -> Handler:
+    async def handler(request: Request) -> Response:
+        rid, tenant, body = await enter(request)
+        return await forward(request, path, body, rid, tenant)
+
+    return handler
+
+
+def _operation(route: str) -> str:
+    return _OPERATIONS.get(route) or route.rsplit("/", 1)[-1]
