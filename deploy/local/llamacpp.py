@@ -73,6 +73,27 @@ def _percent(line: str) -> int | None:
 
 READY_TIMEOUT_S = 60.0
 
+# How the gateway asks a replica to continue a stream another replica broke
+# (the backend's ``continuation``, see gateway.balance.config): llama-cpp-python's
+# chat route always opens a new assistant turn (it ignores vLLM's
+# continue_final_message and renders a last assistant message as a closed turn),
+# so the continuation goes to /v1/completions with the conversation rendered as
+# the chat route renders it. These are SmolLM2-Instruct's chat template (ChatML,
+# with its own system message when the conversation has none), read from the
+# GGUF's tokenizer.chat_template; tests/integration/realbackend checks that the
+# rendering gives the chat route's answer.
+CONTINUATION = {
+    "mode": "prompt",
+    "message": "<|im_start|>{role}\n{content}<|im_end|>\n",
+    "generation": "<|im_start|>assistant\n",
+    "system": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+}
+
+
+def backend(url: str) -> dict[str, object]:
+    """The gateway's backend entry for a replica at ``url``."""
+    return {"url": url, "models": [MODEL], "continuation": CONTINUATION}
+
 
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

@@ -78,8 +78,8 @@ Ctrl-C stops everything.
 """
 
 
-def mock_backends(stack: Stack, ports: Ports) -> tuple[list[str], str]:
-    urls = [
+def mock_backends(stack: Stack, ports: Ports) -> tuple[list[str | dict[str, object]], str]:
+    urls: list[str | dict[str, object]] = [
         # A vLLM-like prefix cache and prefill cost, so prefix-aware routing shows.
         stack.mock(
             f"mock-llm-{i}", port=port, prefix_cache_blocks=16384, prefill_ms_per_token=0.05
@@ -89,16 +89,17 @@ def mock_backends(stack: Stack, ports: Ports) -> tuple[list[str], str]:
     return urls, MOCK_MODEL
 
 
-def llamacpp_backends(stack: Stack, ports: Ports) -> tuple[list[str], str]:
+def llamacpp_backends(stack: Stack, ports: Ports) -> tuple[list[str | dict[str, object]], str]:
     """One llama.cpp replica per port. The cores are shared out between the
     replicas: llama.cpp's threads spin while they wait, so more threads than
-    cores make every replica slower."""
+    cores make every replica slower. Each continues a broken stream on its
+    completions route (``llamacpp.CONTINUATION``)."""
     threads = max(1, (os.cpu_count() or 2) // max(1, len(ports.mocks)))
-    urls = [
-        stack.llamacpp(f"llamacpp-{i}", port=port, threads=threads)[1]
+    entries: list[str | dict[str, object]] = [
+        llamacpp.backend(stack.llamacpp(f"llamacpp-{i}", port=port, threads=threads)[1])
         for i, port in enumerate(ports.mocks, start=1)
     ]
-    return urls, llamacpp.MODEL
+    return entries, llamacpp.MODEL
 
 
 def run(args: argparse.Namespace, stack: Stack) -> None:
@@ -120,9 +121,6 @@ def run(args: argparse.Namespace, stack: Stack) -> None:
         cache_target=cache,
         # llama.cpp serves one request at a time: a decoding stream blocks the next.
         decode_weight="1" if args.backend == "llamacpp" else "0.1",
-        # llama.cpp's chat API cannot continue a partial answer (no
-        # continue_final_message): a stream it breaks ends with an error event.
-        stream_continuations="0" if args.backend == "llamacpp" else "1",
     )
     print(CURLS.format(port=ports.gateway, model=model, logs=args.log_dir), flush=True)
 

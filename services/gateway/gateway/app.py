@@ -165,7 +165,10 @@ class Gateway:
             )
         discovery = Discovery(
             pool,
-            [parse_target(b.url, b.models, b.name) for b in settings.all_backends()],
+            [
+                parse_target(b.url, b.models, b.name, b.continuation.config())
+                for b in settings.all_backends()
+            ],
             interval_s=settings.discovery_interval_s,
             fetch=lambda url: fetch_models(upstream.session, url),
         )

@@ -10,6 +10,11 @@ from a JSON or YAML file (``GATEWAY_BACKENDS_FILE``) with the same shape::
       - url: http://vllm-headless.llm.svc:8000   # DNS name: one endpoint per address
         models: []                                # empty: read from its /v1/models
         name: vllm                                # optional: endpoints are named vllm/<address>
+        continuation: chat                        # optional: chat (default), prompt, off
+      - url: http://127.0.0.1:8081                # llama-cpp-python: continues on /v1/completions
+        models: [smollm2-135m]
+        continuation: {mode: prompt, message: "<|im_start|>{role}\\n{content}<|im_end|>\\n",
+                       generation: "<|im_start|>assistant\\n"}
 
 Settings are mapped to the components' configs here, in one place
 (:meth:`GatewaySettings.pool_config` and the others). A default that a
@@ -26,12 +31,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.balance.affinity import AffinityConfig
 from gateway.balance.breaker import BreakerConfig
-from gateway.balance.config import PoolConfig
+from gateway.balance.config import ContinuationConfig, ContinuationMode, PoolConfig
 from gateway.balance.hedge import HedgeConfig
 from gateway.balance.retry_budget import RetryBudgetConfig
 from gateway.flow.settings import FlowSettings
@@ -46,6 +51,35 @@ def _default(config: type, name: str) -> Any:
     return field.default
 
 
+class ContinuationSettings(BaseModel):
+    """A backend's ``continuation``: see ``balance.config.ContinuationConfig``. A bare
+    string is the mode (``continuation: off``; YAML reads a bare ``off`` as false,
+    which means off too)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: ContinuationMode = "chat"
+    message: str = ""
+    generation: str = ""
+    system: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_alone(cls, value: Any) -> Any:
+        if value is False:
+            return {"mode": "off"}
+        return {"mode": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _template(self) -> ContinuationSettings:
+        if self.mode == "prompt" and "{content}" not in self.message:
+            raise ValueError("continuation mode prompt needs a message template with {content}")
+        return self
+
+    def config(self) -> ContinuationConfig:
+        return ContinuationConfig(self.mode, self.message, self.generation, self.system)
+
+
 class BackendConfig(BaseModel):
     """One model server (or a DNS name that expands to several)."""
 
@@ -54,6 +88,7 @@ class BackendConfig(BaseModel):
     url: str
     models: tuple[str, ...] = ()
     name: str = ""
+    continuation: ContinuationSettings = ContinuationSettings()
 
     @field_validator("url")
     @classmethod
@@ -201,7 +236,7 @@ class GatewaySettings(FlowSettings, BaseSettings):
         1,
         ge=0,
         description="a stream whose replica breaks after the first byte is continued on"
-        " another this many times at most (0: off; chat needs vLLM's continue_final_message)",
+        " another this many times at most (0: off; per backend: its continuation)",
     )
     engine_metrics: bool = Field(True, description="poll vLLM /metrics for queue depth")
 

@@ -23,8 +23,10 @@ STUCK_S = 5.0  # a first token this slow stands out of a busy machine's noise
 
 
 def llama_gateway(stack: Stack, urls: list[str], **settings: Any) -> tuple[Proc, str]:
-    """A gateway over llama.cpp replicas, which serve one request at a time."""
-    return stack.gateway(urls, model=MODEL, decode_weight=1, **settings)
+    """A gateway over llama.cpp replicas, which serve one request at a time and continue
+    a broken stream on their completions route (``llamacpp.backend``)."""
+    backends = [llamacpp.backend(url) for url in urls]
+    return stack.gateway(backends, model=MODEL, decode_weight=1, **settings)
 
 
 def chat(content: str, **extra: object) -> dict[str, object]:
@@ -120,8 +122,9 @@ class Background:
 
     started: ClassVar[list[Background]] = []
 
-    def __init__(self, url: str, body: dict[str, object]) -> None:
+    def __init__(self, url: str, body: dict[str, object], request_id: str = "") -> None:
         Background.started.append(self)
+        self._headers = {"X-Request-ID": request_id} if request_id else {}
         self.lines: list[str] = []
         self.first_data = threading.Event()
         self._stop = threading.Event()
@@ -130,7 +133,7 @@ class Background:
 
     def _run(self, url: str, body: dict[str, object]) -> None:
         try:
-            with httpx.stream("POST", url, json=body, timeout=120) as reply:
+            with httpx.stream("POST", url, json=body, headers=self._headers, timeout=120) as reply:
                 for line in reply.iter_lines():
                     if line:
                         self.lines.append(line)
@@ -144,4 +147,9 @@ class Background:
     def stop(self) -> list[str]:
         self._stop.set()
         self._thread.join(30)
+        return self.lines
+
+    def result(self, timeout: float = 120) -> list[str]:
+        """Every line, once the stream has ended by itself."""
+        self._thread.join(timeout)
         return self.lines

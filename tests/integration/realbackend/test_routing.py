@@ -68,8 +68,8 @@ def test_killing_a_replica_mid_run_moves_its_queued_requests_to_the_other(
 ) -> None:
     procs = dict(cluster.llamacpp() for _ in range(2))
     by_url = {url: proc for proc, url in procs.items()}
-    # Continuation off: llama.cpp's chat API has no continue_final_message, so a
-    # stream it broke ends with the error event checked below (docs/hardening.md).
+    # Continuation off, so that a stream it broke ends with the error event checked
+    # below (with it on: test_continuation.py).
     _, gw = llama_gateway(cluster, list(by_url), cache_enabled="false", stream_continuations=0)
     long = Background(f"{gw}/v1/chat/completions", long_chat(1900))
     assert long.first_data.wait(60), long.lines

@@ -27,6 +27,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 import aiohttp
 import structlog
 
+from gateway.balance.config import CHAT_CONTINUATION, ContinuationConfig
 from gateway.balance.endpoint import EndpointSpec
 from gateway.balance.pool import Pool
 
@@ -46,14 +47,20 @@ class Target:
     models: tuple[str, ...] = ()
     resolve: bool = False
     name: str = ""
+    continuation: ContinuationConfig = CHAT_CONTINUATION
 
 
-def parse_target(text: str, models: Iterable[str] = (), name: str = "") -> Target:
+def parse_target(
+    text: str,
+    models: Iterable[str] = (),
+    name: str = "",
+    continuation: ContinuationConfig = CHAT_CONTINUATION,
+) -> Target:
     """``http://h:8000`` is one endpoint; ``dns+http://h:8000`` one per address of h."""
     text = text.strip()
     resolve = text.startswith(DNS_PREFIX)
     url = text.removeprefix(DNS_PREFIX).rstrip("/")
-    return Target(url=url, models=tuple(models), resolve=resolve, name=name)
+    return Target(url, tuple(models), resolve, name, continuation)
 
 
 async def resolve_host(host: str, port: int) -> list[str]:
@@ -108,6 +115,7 @@ def expand(target: Target, addresses: Sequence[str]) -> list[EndpointSpec]:
                 name=name,
                 server_hostname=server_hostname,
                 host_header=host_header,
+                continuation=target.continuation,
             )
         )
     return specs
@@ -173,7 +181,14 @@ class Discovery:
 
     async def _specs_for(self, target: Target) -> list[EndpointSpec]:
         if not target.resolve:
-            return [EndpointSpec(url=target.url, models=target.models, name=target.name)]
+            return [
+                EndpointSpec(
+                    url=target.url,
+                    models=target.models,
+                    name=target.name,
+                    continuation=target.continuation,
+                )
+            ]
         parts = urlsplit(target.url)
         host = parts.hostname or ""
         try:

@@ -39,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.balance.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from gateway.balance.config import CHAT_CONTINUATION, ContinuationConfig
 from gateway.balance.engine import EngineConfig, EngineStats, extra_pending
 from gateway.balance.peak_ewma import PeakEwma
 from gateway.balance.prefix_index import BlockIndex
@@ -53,6 +54,7 @@ class EndpointSpec:
     address that stands for a host name (a ``dns+https`` replica): TLS sends
     and verifies the name (SNI, the certificate), and the ``Host`` header
     names it (with its port when not 443). Empty: the URL's host is used.
+    ``continuation``: how it continues a partial answer (``proxy.continuation``).
     """
 
     url: str
@@ -60,6 +62,7 @@ class EndpointSpec:
     name: str = ""
     server_hostname: str = ""
     host_header: str = ""
+    continuation: ContinuationConfig = CHAT_CONTINUATION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", self.url.rstrip("/"))

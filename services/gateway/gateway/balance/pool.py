@@ -279,6 +279,11 @@ class Pool:
         other = other or self._pick_slow(candidates, others, now, True)
         return other if other is not None else ep
 
+    def specs(self, model: str) -> list[EndpointSpec]:
+        """The live endpoints serving ``model`` (a stream's continuation is planned per
+        way they continue, ``proxy.continuation``)."""
+        return [ep.spec for ep in self._by_model.get(model, ())]
+
     def can_retry(self) -> bool:
         """Whether the retry budget allows one more retry; counts it when it does."""
         return self._budget.try_retry(self._clock())

@@ -5,9 +5,15 @@ without ``[DONE]``), the proxy can ask another replica to continue from the
 text already sent, and splice that replica's tokens into the same client
 stream (``proxy.stream``):
 
-- **chat**: the conversation plus the partial answer as a last ``assistant``
-  message, with vLLM's ``continue_final_message: true`` and
+- **chat**, on a backend whose continuation is ``chat`` (vLLM, the mock,
+  llama.cpp's ``llama-server``): the conversation plus the partial answer as a
+  last ``assistant`` message, with vLLM's ``continue_final_message: true`` and
   ``add_generation_prompt: false``;
+- **chat**, on a backend whose continuation is ``prompt`` (llama-cpp-python's
+  server, whose chat route always opens a new assistant turn): the completions
+  route, with the conversation rendered by that backend's chat template
+  (``balance.config.ContinuationConfig``) and the partial answer appended;
+  its completion events are rewritten as chat chunks;
 - **completions**: the prompt with the text so far appended;
 - ``max_tokens`` (and ``max_completion_tokens``) reduced by the tokens
   already sent.
@@ -31,11 +37,14 @@ mid-way), a prompt that is not text, and an error event the backend sent
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from gateway.balance.config import CHAT_CONTINUATION, ContinuationConfig
+from gateway.balance.endpoint import EndpointSpec
 from gateway.protocol.calls import Kind
 
 _DONE = b"data: [DONE]"
@@ -83,8 +92,50 @@ def partial_answer(kind: Kind, raw: bytes) -> Partial:
     return Partial("".join(text), tokens, head, finished, tool_call)
 
 
-def continuation_body(kind: Kind, body: bytes, partial: Partial) -> bytes | None:
-    """The request that continues ``partial``, or None when it cannot be continued."""
+# Fields of a chat request that a completions request has no place for. A request
+# with tools or a response format is not continued there: the chat route would
+# have constrained the answer in a way a rendered prompt cannot.
+_CHAT_ONLY = frozenset(
+    ("messages", "max_completion_tokens", "parallel_tool_calls", "function_call", "modalities",
+     "audio", "store", "metadata", "reasoning_effort", "prediction", "web_search_options")
+)  # fmt: skip
+_NOT_AS_PROMPT = ("tools", "functions", "response_format", "tool_choice")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One way to ask for the continuation: the route it goes to (which is also the
+    shape of its events), its body, and the endpoints not to ask."""
+
+    kind: Kind
+    body: bytes
+    exclude: tuple[str, ...]
+
+
+def plans(
+    kind: Kind, body: bytes, partial: Partial, specs: Iterable[EndpointSpec], broken: str
+) -> list[Plan]:
+    """The continuation requests to try, one per way the model's other endpoints continue
+    (most endpoints first); each plan excludes the endpoints that continue otherwise."""
+    specs = list(specs)
+    groups: dict[ContinuationConfig, list[str]] = {}
+    for spec in specs:
+        if spec.name != broken and spec.continuation.mode != "off":
+            groups.setdefault(spec.continuation, []).append(spec.name)
+    found = []
+    for how, names in sorted(groups.items(), key=lambda group: -len(group[1])):
+        made = continuation_body(kind, body, partial, how)
+        if made is not None:
+            others = tuple(spec.name for spec in specs if spec.name not in names)
+            found.append(Plan(made[0], made[1], others))
+    return found
+
+
+def continuation_body(
+    kind: Kind, body: bytes, partial: Partial, how: ContinuationConfig = CHAT_CONTINUATION
+) -> tuple[Kind, bytes] | None:
+    """The request that continues ``partial`` on a backend that continues ``how``, and the
+    route it goes to; None when it cannot be continued there."""
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -99,6 +150,8 @@ def continuation_body(kind: Kind, body: bytes, partial: Partial) -> bytes | None
             if limit - partial.tokens < 1:
                 return None
             request[field] = limit - partial.tokens
+    if kind is Kind.CHAT and how.mode == "prompt":
+        return _as_prompt(request, partial, how)
     if kind is Kind.CHAT:
         request["messages"] = [
             *request["messages"],
@@ -110,16 +163,41 @@ def continuation_body(kind: Kind, body: bytes, partial: Partial) -> bytes | None
         if not isinstance(request.get("prompt"), str):
             return None
         request["prompt"] += partial.text
-    return orjson.dumps(request)
+    return kind, orjson.dumps(request)
+
+
+def _as_prompt(
+    request: dict[str, Any], partial: Partial, how: ContinuationConfig
+) -> tuple[Kind, bytes] | None:
+    """A chat request as a completions request: the rendered conversation + the partial."""
+    messages = request.get("messages")
+    if not isinstance(messages, list) or any(request.get(f) for f in _NOT_AS_PROMPT):
+        return None
+    if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+        return None  # parts (images, text parts) or a null content: no faithful rendering
+    try:
+        prompt = how.render(messages)
+    except (KeyError, IndexError, ValueError):  # a template with other fields than role/content
+        return None
+    limit = request.get("max_completion_tokens", request.get("max_tokens"))
+    out = {k: v for k, v in request.items() if k not in _CHAT_ONLY and k not in _NOT_AS_PROMPT}
+    out["prompt"] = prompt + partial.text
+    # No limit is sent as null: the completions route's own default is 16 tokens
+    # (OpenAI's, vLLM's, llama-cpp-python's), and null means none on the last two.
+    out["max_tokens"] = limit
+    return Kind.COMPLETION, orjson.dumps(out)
 
 
 class Splicer:
-    """Rewrites a continuation's SSE events into the first stream's (see the module)."""
+    """Rewrites a continuation's SSE events into the first stream's (see the module);
+    ``source``: the kind the continuation was asked on, when not the stream's own
+    (completion events become chat chunks)."""
 
-    __slots__ = ("_head", "_kind", "_partial", "_tokens_before")
+    __slots__ = ("_as_chat", "_head", "_kind", "_partial", "_tokens_before")
 
-    def __init__(self, kind: Kind, partial: Partial) -> None:
+    def __init__(self, kind: Kind, partial: Partial, source: Kind | None = None) -> None:
         self._kind = kind
+        self._as_chat = kind is Kind.CHAT and source is Kind.COMPLETION
         self._head = partial.head
         self._tokens_before = partial.tokens
         self._partial = b""
@@ -145,6 +223,9 @@ class Splicer:
         if not isinstance(event, dict) or "error" in event:
             return line
         choices = event.get("choices") or []
+        if self._as_chat:
+            event["object"] = "chat.completion.chunk"
+            event["choices"] = choices = [_chat_choice(c) for c in choices if isinstance(c, dict)]
         if self._kind is Kind.CHAT and choices and all(_role_only(c) for c in choices):
             return None  # the continuation's own role chunk: the client had one
         event.update(self._head)
@@ -159,3 +240,14 @@ class Splicer:
 def _role_only(choice: dict[str, Any]) -> bool:
     delta = choice.get("delta") or {}
     return not choice.get("finish_reason") and not delta.get("content") and "role" in delta
+
+
+def _chat_choice(choice: dict[str, Any]) -> dict[str, Any]:
+    """A completion event's choice as a chat chunk's."""
+    text = choice.get("text")
+    return {
+        "index": choice.get("index", 0),
+        "delta": {"content": text} if text else {},
+        "logprobs": None,
+        "finish_reason": choice.get("finish_reason"),
+    }

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Collection
 
 from gateway.balance.errors import NoEndpoint, UnknownModel
 from gateway.balance.outcome import Outcome
-from gateway.balance.pool import Lease, Pool
+from gateway.balance.pool import EndpointSpec, Lease, Pool
 from gateway.errors import (
     GatewayError,
     ModelNotFound,
@@ -48,6 +48,10 @@ class Upstream(Attempts):
     def can_retry(self) -> bool:
         """Whether the retry budget allows one more attempt (counted when it does)."""
         return self._pool.can_retry()
+
+    def endpoints(self, model: str) -> list[EndpointSpec]:
+        """The endpoints serving ``model`` now."""
+        return self._pool.specs(model)
 
     async def open(self, call: Call, exclude: Collection[str] = ()) -> Opened:
         """Try endpoints until one answers; if none does, raise what :class:`Failures` says.
