@@ -95,7 +95,8 @@ fmt: setup ## Format the code with ruff
 	$(VENV)/bin/ruff check --fix services tests bench deploy
 
 .PHONY: bench
-bench: setup ## Streaming proxy benchmark: gateway vs direct at concurrency 1, 16, 64
+bench: setup ## Streaming proxy benchmark: gateway (1 and 2 workers) vs nginx vs direct at concurrency 1, 16, 64
+	@deploy/local/system-packages.sh bench
 	$(PY) -m bench.proxy
 
 .PHONY: clean

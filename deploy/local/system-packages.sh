@@ -13,6 +13,8 @@
 #   system-packages.sh venv     what `make setup` needs: Python's venv module
 #   system-packages.sh docker   the Docker engine (docker.io), and mmdebstrap for
 #                               `make base-images`
+#   system-packages.sh bench    what `make bench` compares the gateway with: nginx
+#                               (started by the bench on a free port with its own config)
 #
 # Where it cannot install (not root, no apt-get), it stops with one line
 # naming the packages to install. The packages' own daemons (Debian starts
@@ -59,7 +61,9 @@ case "${1:-test}" in
   docker)
     need dockerd docker.io
     need mmdebstrap mmdebstrap ;;
-  *) echo "usage: $0 venv|test|docker" >&2; exit 2 ;;
+  bench)
+    [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null 2>&1 || missing+=(nginx) ;;
+  *) echo "usage: $0 venv|test|docker|bench" >&2; exit 2 ;;
 esac
 ((${#missing[@]})) || exit 0
 
@@ -81,4 +85,8 @@ for unit in redis-server prometheus; do
   if command -v systemctl >/dev/null 2>&1; then systemctl stop "$unit" >/dev/null 2>&1 || true; fi
   pkill -x "$unit" >/dev/null 2>&1 || true
 done
+# nginx's package starts its default site on port 80: stopped by its own pid file.
+if [[ " ${missing[*]} " == *" nginx "* && -s /run/nginx.pid ]]; then
+  kill "$(cat /run/nginx.pid)" >/dev/null 2>&1 || true
+fi
 echo "system packages: installed ${missing[*]}" >&2
