@@ -61,20 +61,29 @@ async def test_a_thousand_unknown_model_names_add_no_series(
     url = await make_backend(models="alpha")
     gw = await make_gateway([backend(url, "alpha")], log_requests=False)
     assert (await gw.post("/v1/chat/completions", json={**chat(), "model": "alpha"})).is_success
-    first = await gw.post("/v1/chat/completions", json={**chat(), "model": "nope-0"})
-    assert first.status_code == 404
+    routes = {  # every model-routed route, with a body it would serve
+        "/v1/chat/completions": chat(),
+        "/v1/responses": {"input": "hi"},
+        "/tokenize": {"prompt": "hi"},
+        "/v1/embeddings": {"input": "hi"},
+    }
+    bodies = list(routes.items())
+    for route, body in bodies:  # each route's first unknown model makes its series
+        assert (await gw.post(route, json={**body, "model": "nope-0"})).status_code == 404
     before = series(await metrics_of(gw))
     for i in range(1, 1000):
-        reply = await gw.post("/v1/chat/completions", json={**chat(), "model": f"nope-{i}"})
+        route, body = bodies[i % len(bodies)]
+        reply = await gw.post(route, json={**body, "model": f"nope-{i}"})
         assert reply.status_code == 404
     text = await metrics_of(gw)
     grown = {name: n - before[name] for name, n in series(text).items() if n != before[name]}
     assert not grown, f"series added by unknown model names: {grown}"
     assert "nope-" not in text
     requests = "gateway_requests_total"
-    assert sample(text, requests, model="unknown", status="404") == 1000
+    assert sample(text, requests, model="unknown", status="404") == 999 + len(bodies)
     assert sample(text, requests, model="alpha", status="200") == 1
-    assert sample(text, "gateway_rejected_requests_total", reason="model_not_found") == 1000
+    rejected = sample(text, "gateway_rejected_requests_total", reason="model_not_found")
+    assert rejected == 999 + len(bodies)
 
 
 def test_a_model_label_is_a_served_model_or_unknown() -> None:
@@ -143,23 +152,25 @@ async def test_every_refusal_is_counted_by_reason_and_logged(
         "not_found": 404,
         "rate_limited": 429,
     }
-    assert embed.status_code == 503, "no embedder: not a refusal"
+    # No embedder and no backend serving "m": that model does not exist here.
+    assert embed.status_code == 404
     for reply in cases.values():
         assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
         assert reply.headers["x-request-id"]
     text = await metrics_of(gw)
     for reason in REJECTION_REASONS:
-        expected = 1 if reason in cases else 0
+        expected = (reason in cases) + (reason == "model_not_found")  # (+ the embeddings')
         got = sample(text, "gateway_rejected_requests_total", reason=reason)
         assert got == expected, reason
     lines = [line for line in logs if line["event"] == "request_rejected"]
-    assert sorted(line["reason"] for line in lines) == sorted(cases)
+    assert sorted(line["reason"] for line in lines) == sorted([*cases, "model_not_found"])
     by_reason = {line["reason"]: line for line in lines}
     assert by_reason["invalid_request"]["request_id"] == "r-1"
     assert by_reason["invalid_request"]["route"] == "/v1/chat/completions"
     assert by_reason["invalid_request"]["status"] == 400
     for line in lines:
-        assert line["request_id"] == cases[line["reason"]].headers["x-request-id"]
+        reply = embed if line["route"] == "/v1/embeddings" else cases[line["reason"]]
+        assert line["request_id"] == reply.headers["x-request-id"]
         assert "messages" not in line and "hello" not in orjson.dumps(line).decode()
 
 

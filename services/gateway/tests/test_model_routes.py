@@ -191,3 +191,41 @@ async def test_embeddings_go_to_the_backend_serving_the_model_or_to_the_sidecar(
     assert (await client.models.retrieve("all-MiniLM-L6-v2")).owned_by == "llmgw-embedder"
     with pytest.raises(openai.NotFoundError):
         await client.embeddings.create(model="nobody-serves-this", input="a")
+
+
+async def test_the_openai_client_works_unchanged_through_the_cache(
+    make_backend: MakeBackend, make_gateway: MakeGateway, sidecars: FakeSidecars
+) -> None:
+    gw = await make_gateway(
+        [backend(await make_backend())],
+        cache_target=sidecars.target,
+        embedder_target=sidecars.target,
+        cache_lookup_budget_ms=2000,
+        cache_speculative=False,
+    )
+    client = sdk(gw)
+    ask = {"model": MODEL, "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
+    first = await client.chat.completions.with_raw_response.create(**ask)  # type: ignore[call-overload]
+    await sidecars.wait_stores(1)
+    again = await client.chat.completions.with_raw_response.create(**ask)  # type: ignore[call-overload]
+    assert (first.headers["x-cache"], again.headers["x-cache"]) == ("MISS", "HIT-EXACT")
+    said = first.parse().choices[0].message.content
+    assert again.parse().choices[0].message.content == said
+    streamed = await client.chat.completions.create(**ask, stream=True)  # type: ignore[call-overload]
+    assert "".join([c.choices[0].delta.content or "" async for c in streamed if c.choices]) == said
+
+    once = {"model": MODEL, "prompt": "once", "temperature": 0}
+    text = (await client.completions.create(**once)).choices[0].text
+    await sidecars.wait_stores(2)
+    hit = await client.completions.with_raw_response.create(**once)
+    assert hit.headers["x-cache"] == "HIT-EXACT" and hit.parse().choices[0].text == text
+
+    vectors = await client.embeddings.create(model="all-MiniLM-L6-v2", input=["a", "b"])
+    assert len(vectors.data) == 2
+    answer = await client.responses.with_raw_response.create(model=MODEL, input="hi")
+    assert "x-cache" not in answer.headers  # not cached (api.model_routes says why)
+    assert (
+        answer.parse().output_text
+        == (await client.responses.create(model=MODEL, input="hi")).output_text
+    )
+    assert (await client.models.retrieve(MODEL)).id == MODEL

@@ -24,6 +24,7 @@ from mockllm.metrics import Metrics
 from mockllm.plan import Plan, make_plan, resolve_fault
 from mockllm.render import PING
 from mockllm.responses import ResponsesRenderer, as_chat_body
+from mockllm.rich import RichRenderer
 from mockllm.schema import Kind
 from mockllm.settings import Settings
 
@@ -214,9 +215,14 @@ class Generator:
             self._engine.release(held)
             self._admission.release()
         render = plan.renderer
-        body = render.response("".join(plan.tokens), plan.finish_reason, plan.usage)
+        if isinstance(render, RichRenderer):
+            body = render.response_of(plan.tokens, plan.finish_reason, plan.usage)
+        else:
+            body = orjson.dumps(
+                render.response("".join(plan.tokens), plan.finish_reason, plan.usage)
+            )
         self._metrics.success.labels(render.model, plan.finish_reason).inc()
-        return web.Response(body=orjson.dumps(body), content_type="application/json")
+        return web.Response(body=body, content_type="application/json")
 
     @staticmethod
     def _strike(request: web.Request, plan: Plan) -> None:

@@ -10,6 +10,7 @@ from mockllm.errors import BadRequest, ModelNotFound
 from mockllm.faults import Fault, FaultKind, FaultSyntaxError, parse_fault
 from mockllm.render import Renderer, Usage
 from mockllm.responses import ResponsesRenderer
+from mockllm.rich import RichRenderer, features
 from mockllm.schema import AnyRequest, ChatCompletionRequest, CompletionRequest, Kind, parse_request
 from mockllm.settings import Settings
 from mockllm.tokens import estimate_tokens, generate_tokens
@@ -76,11 +77,15 @@ def make_plan(
     count = left if limit is None else min(limit, left)
     if fault is not None and fault.kind is FaultKind.SLOW:
         ttft_ms += fault.arg
+    wanted = features(kind, request, headers, settings.reasoning_tokens)
+    stop = "tool_calls" if wanted.tool is not None else "stop"
     return Plan(
-        renderer=Renderer(kind, request.model),
+        renderer=RichRenderer(kind, request.model, wanted)
+        if wanted.any
+        else Renderer(kind, request.model),
         # A continuation of a whole answer has nothing left: one empty token ends it.
         tokens=generate_tokens(request.model, answer_key, natural)[done : done + count] or ("",),
-        finish_reason="length" if limit is not None and limit <= left else "stop",
+        finish_reason="length" if limit is not None and limit <= left else stop,
         usage=Usage(prompt_tokens, count),
         stream=request.stream,
         include_usage=request.include_usage,

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     queue_style: Literal["vllm", "llamacpp"] = "vllm"
     ping_interval_ms: float = Field(default=500.0, gt=0)
     fault: str = ""
+    # The first this many tokens of every chat answer are reasoning (mockllm.rich).
+    reasoning_tokens: int = Field(default=0, ge=0)
     # The prefix cache and prefill model (docs: mockllm.prefix_cache, mockllm.prefill).
     # 0 blocks: no prefix cache (every prompt is prefilled in full when a prefill
     # rate is set). A prefill rate of 0: the first token takes ttft_ms whatever

@@ -30,7 +30,7 @@ from gateway.api import openapi
 from gateway.api.body import parse, read_body, request_id
 from gateway.api.model_routes import Forward, model_of
 from gateway.clients.embedder import EmbedderClient
-from gateway.errors import DependencyUnavailable, GatewayError, ModelNotFound
+from gateway.errors import GatewayError, ModelNotFound
 from gateway.gate import Gate
 from gateway.metrics import GatewayMetrics
 from gateway.protocol.headers import CacheOutcome
@@ -93,8 +93,8 @@ def embeddings_router(
     async def embed(req: EmbeddingRequest, rid: str) -> tuple[Response, str, int, int]:
         """The answer, the model that served it, the texts embedded and their tokens."""
         client = embedder()
-        if client is None:
-            raise DependencyUnavailable("No embedder is configured on this gateway")
+        if client is None:  # and no backend serves the model
+            raise ModelNotFound(f"The embedding model {req.model!r} does not exist")
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         result = await client.embed(texts, deadline_s=settings.embeddings_timeout_s, request_id=rid)
         metrics.models.add(result.model)  # a model this gateway serves: its own label
