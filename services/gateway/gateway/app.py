@@ -135,6 +135,7 @@ class Gateway:
             self.pool,
             FlowMetrics(self.registry),
         )
+        self.pool.slots = self.flow.config.endpoint_concurrency  # full endpoints routed last
         self.proxy = Proxy(
             self.upstream,
             self.metrics,

@@ -39,6 +39,10 @@ from gateway.balance.prefix import BLOCK_TOKENS, PromptPrefix
 from gateway.balance.recent import RecentSamples
 from gateway.balance.retry_budget import RetryBudget
 
+# Added to the load of an endpoint with all its slots taken: any endpoint with one free
+# compares lower, whatever its cost.
+FULL = 1e9
+
 __all__ = [
     "DECODE_WEIGHT",
     "EndpointSpec",
@@ -94,6 +98,9 @@ class Pool:
         self._pool_ttft = RecentSamples(256, resort_after=16)
         self._endpoints: dict[str, Endpoint] = {}
         self._by_model: dict[str, list[Endpoint]] = {}
+        # Requests an endpoint runs at once, when known (flow control's slots): a full
+        # endpoint is chosen only when every candidate is full (0: not known).
+        self.slots = 0
         self.update(specs)
 
     # -- discovery -----------------------------------------------------------
@@ -305,7 +312,8 @@ class Pool:
 
     def _load(self, ep: Endpoint, now: float, stream: bool) -> float:
         config = self._config
-        return ep.load(now, stream=stream, decode_weight=config.decode_weight, engine=config.engine)
+        load = ep.load(now, stream=stream, decode_weight=config.decode_weight, engine=config.engine)
+        return load + FULL if self.slots and ep.pending >= self.slots else load
 
     def _pick_fast(
         self, candidates: Sequence[Endpoint], exclude: Collection[str], now: float, stream: bool

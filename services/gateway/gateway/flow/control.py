@@ -43,6 +43,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.balance.pool import Pool
 from gateway.errors import GatewayError, Overloaded, RateLimited
@@ -91,10 +92,23 @@ class _Waiter:
 
 
 class _PoolFlow:
-    __slots__ = ("admitted", "by_tenant", "fleet", "model", "queue", "rate", "refresh_at", "seen")
+    __slots__ = (
+        "admitted",
+        "by_tenant",
+        "counters",
+        "fleet",
+        "gauge",
+        "model",
+        "queue",
+        "rate",
+        "refresh_at",
+        "seen",
+    )
 
-    def __init__(self, model: str, quantum: float) -> None:
+    def __init__(self, model: str, quantum: float, gauge: Any) -> None:
         self.model = model
+        self.gauge = gauge  # gateway_flow_admitted_in_flight{model}
+        self.counters: dict[tuple[int, str], tuple[Any, Any]] = {}
         self.queue: FairQueue[_Waiter] = FairQueue(quantum)
         self.admitted = 0
         self.by_tenant: dict[str, int] = {}
@@ -182,7 +196,8 @@ class FlowControl:
     def _seen(self, req: FlowRequest) -> tuple[_PoolFlow, float]:
         pf = self._pools.get(req.model)
         if pf is None:
-            pf = self._pools[req.model] = _PoolFlow(req.model, self.config.quantum_tokens)
+            gauge = self._metrics.in_flight.labels(req.model)
+            pf = self._pools[req.model] = _PoolFlow(req.model, self.config.quantum_tokens, gauge)
         now = self._clock()
         pf.seen[req.tenant] = (now, req.weight)
         return pf, now
@@ -204,7 +219,7 @@ class FlowControl:
             pf.by_tenant[tenant] = left
         else:
             pf.by_tenant.pop(tenant, None)
-        self._metrics.in_flight.labels(pf.model).set(pf.admitted)
+        pf.gauge.set(pf.admitted)
         if not pf.queue:
             return
         now = self._clock()

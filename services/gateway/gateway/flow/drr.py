@@ -9,6 +9,14 @@ turn, and dropped when its queue empties (Shreedhar and Varghese, 1995). Over
 any stretch in which tenants stay backlogged, the tokens each is sent are in
 proportion to its weight, whatever the size of its requests.
 
+A tenant whose queue was empty (a quiet one, whose requests come slower than
+its share) joins a list of new tenants served before the ring, with one
+quantum of credit: its request goes with the next free slot instead of after
+the turns of the tenants already backlogged. Once that credit is spent, or
+cannot pay for its next request, it joins the ring like any other. This is
+FQ-CoDel's new-flows list (RFC 8290, section 4.1); a tenant gains nothing by
+it over time, since it has it only while it sends under its share.
+
 When no tenant in the ring can pay for its oldest request, whole laps are
 credited at once instead of one turn at a time, so a request far larger than
 the quantum costs one pass over the ring, not thousands.
@@ -40,6 +48,7 @@ class Entry(Generic[T]):
 @dataclass(slots=True)
 class _Class(Generic[T]):
     queues: dict[str, deque[Entry[T]]] = field(default_factory=dict)
+    fresh: deque[str] = field(default_factory=deque)  # tenants whose queue was empty: first
     ring: deque[str] = field(default_factory=deque)  # tenants with requests; the head has the turn
     deficit: dict[str, float] = field(default_factory=dict)
     credited: bool = False  # the head tenant had its credit for this turn
@@ -63,8 +72,8 @@ class FairQueue(Generic[T]):
         queue = cls.queues.get(entry.tenant)
         if queue is None:
             queue = cls.queues[entry.tenant] = deque()
-            cls.ring.append(entry.tenant)
-            cls.deficit[entry.tenant] = 0.0
+            cls.fresh.append(entry.tenant)
+            cls.deficit[entry.tenant] = self._quantum * entry.weight
         queue.append(entry)
         self._len += 1
         self.by_tenant[entry.tenant] = self.by_tenant.get(entry.tenant, 0) + 1
@@ -87,7 +96,7 @@ class FairQueue(Generic[T]):
         to tenants it accepts; among them the oldest request of the highest class goes,
         outside the round robin (the reserve: ``flow.control``)."""
         for cls in self._classes:
-            if not cls.ring:
+            if not cls.queues:
                 continue
             if allowed is not None:
                 return self._first_allowed(cls, allowed)
@@ -95,6 +104,16 @@ class FairQueue(Generic[T]):
         return None
 
     def _next(self, cls: _Class[T]) -> Entry[T]:
+        while cls.fresh:
+            tenant = cls.fresh[0]
+            head = cls.queues[tenant][0]
+            if cls.deficit[tenant] >= head.cost:
+                cls.deficit[tenant] -= head.cost
+                cls.queues[tenant].popleft()
+                self._taken(cls, head)
+                return head
+            cls.fresh.popleft()  # its first turn is over: it joins the others
+            cls.ring.append(tenant)
         quantum = self._quantum
         while True:
             tenant = cls.ring[0]
@@ -124,7 +143,7 @@ class FairQueue(Generic[T]):
 
     def _first_allowed(self, cls: _Class[T], allowed: Callable[[str], bool]) -> Entry[T] | None:
         best: Entry[T] | None = None
-        for tenant in cls.ring:
+        for tenant in (*cls.fresh, *cls.ring):
             if allowed(tenant):
                 head = cls.queues[tenant][0]
                 if best is None or head.seq < best.seq:
@@ -145,6 +164,9 @@ class FairQueue(Generic[T]):
         if not cls.queues[tenant]:  # an emptied queue leaves the ring and loses its credit
             del cls.queues[tenant]
             del cls.deficit[tenant]
+            if tenant in cls.fresh:
+                cls.fresh.remove(tenant)
+                return
             if cls.ring[0] == tenant:
                 cls.credited = False
             cls.ring.remove(tenant)

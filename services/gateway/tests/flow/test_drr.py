@@ -98,3 +98,28 @@ def test_allowed_picks_the_oldest_of_the_tenants_it_accepts() -> None:
     assert got is not None and got.tenant == "quiet" and got.cost == 10
     assert queue.pop(lambda tenant: False) is None
     assert len(queue) == 2
+
+
+def test_a_tenant_whose_queue_was_empty_goes_with_the_next_slot() -> None:
+    queue: FairQueue[str] = FairQueue(1000)  # noisy's turn would be 10 requests long
+    for _ in range(100):
+        queue.push(entry("noisy", 100))
+    drain(queue, 13)  # noisy's first credit is spent: it is in the ring, mid-turn
+    queue.push(entry("quiet", 100))
+    assert [e.tenant for e in drain(queue, 2)] == ["quiet", "noisy"]
+    queue.push(entry("quiet", 100))  # sparse again: first again
+    queue.push(entry("quiet", 100))
+    queue.push(entry("quiet", 100))
+    order = [e.tenant for e in drain(queue, 12)]
+    assert order[0] == "quiet" and order.count("quiet") == 3  # its credit paid for all three
+
+
+def test_a_new_tenant_that_sends_a_burst_gets_no_more_than_its_share() -> None:
+    queue: FairQueue[str] = FairQueue(100)
+    for _ in range(300):
+        queue.push(entry("old", 100))
+    drain(queue, 10)
+    for _ in range(300):
+        queue.push(entry("new", 100))
+    order = [e.tenant for e in drain(queue, 200)]
+    assert abs(order.count("new") - order.count("old")) <= 2
