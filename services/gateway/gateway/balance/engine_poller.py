@@ -88,8 +88,14 @@ class EnginePoller:
     async def _poll(self, name: str, url: str) -> None:
         """One endpoint. A page without vLLM's gauges (or a 404) means "not vLLM":
         skip it for a while. Any other error only loses this round."""
+        spec = self._pool.spec(name)
+        # A dns+https replica is reached at its address, verified against its host name.
+        host = {"Host": spec.host_header} if spec is not None and spec.host_header else None
+        tls_name = spec.server_hostname if spec is not None and spec.server_hostname else None
         try:
-            async with self._session.get(f"{url}/metrics", timeout=self._timeout) as response:
+            async with self._session.get(
+                f"{url}/metrics", timeout=self._timeout, headers=host, server_hostname=tls_name
+            ) as response:
                 if response.status == 404:
                     self._skip_until[name] = self._clock() + self._skip_s
                     return

@@ -143,6 +143,11 @@ class Pool:
                     by_model.setdefault(model, []).append(ep)
         self._by_model = by_model
 
+    def spec(self, name: str) -> EndpointSpec | None:
+        """The spec of the endpoint ``name`` (None: not in the pool)."""
+        ep = self._endpoints.get(name)
+        return ep.spec if ep is not None else None
+
     def others(self, model: str, name: str) -> list[str]:
         """The endpoints serving ``model`` other than ``name``: excluded, they keep a
         request on ``name`` (a follow-up of a response only ``name`` stored)."""

@@ -20,6 +20,7 @@ from gateway.balance.discovery import (
     named_url,
     parse_target,
 )
+from gateway.balance.engine_poller import EnginePoller
 from gateway.metrics import GatewayMetrics
 from gateway.protocol.calls import Kind
 from gateway.proxy.call import Call
@@ -214,8 +215,14 @@ async def test_a_dns_https_replica_is_reached_by_address_and_verified_by_name(
         hosts.append(request.host)
         return web.json_response({"object": "chat.completion", "choices": []})
 
+    async def engine_page(request: web.Request) -> web.Response:
+        hosts.append(request.host)
+        page = "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting 3.0\n"
+        return web.Response(text=page)
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", answer)
+    app.router.add_get("/metrics", engine_page)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls)
@@ -236,6 +243,10 @@ async def test_a_dns_https_replica_is_reached_by_address_and_verified_by_name(
         opened.lease.release(Outcome.SUCCESS)
         assert opened.status == 200
         assert (sni, hosts) == ([TLS_NAME], [f"{TLS_NAME}:{port}"])
+        # The engine poller scrapes each replica the same way (its own queue, by address).
+        await EnginePoller(pool, session).poll_once()
+        assert hosts[1:] == [f"{TLS_NAME}:{port}"]
+        assert pool._endpoints[spec.name].engine.waiting == 3.0
 
         bare: EndpointSpec = replace(spec, server_hostname="", host_header="")
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
