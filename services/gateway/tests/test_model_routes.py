@@ -105,6 +105,8 @@ async def test_responses_fail_over_before_the_first_byte(
 async def test_a_follow_up_goes_to_the_replica_that_stored_the_response(
     make_backend: MakeBackend, make_gateway: MakeGateway
 ) -> None:
+    """Each mock replica keeps the responses it made, as vLLM does, and answers 404 to
+    a previous_response_id it lacks: unpinned, two follow-ups in three would fail."""
     urls = [await make_backend() for _ in range(3)]
     gw = await make_gateway([backend(url) for url in urls])
     first = (await gw.post("/v1/responses", json={"model": MODEL, "input": "hi"})).json()
@@ -113,15 +115,25 @@ async def test_a_follow_up_goes_to_the_replica_that_stored_the_response(
     for stream in (False, True) * 5:
         body = {"model": MODEL, "input": "and then?", "previous_response_id": first["id"]}
         reply = await gw.post("/v1/responses", json={**body, "stream": stream})
-        assert reply.status_code == 200
+        assert reply.status_code == 200, reply.text
     after = [await mock_requests(url, "/v1/responses") for url in urls]
     assert after[holder] == 11 and sum(after) == 11
-    # An id nobody answered is routed as any request.
-    for _ in range(12):
+    stored = await sdk(gw).responses.retrieve(first["id"])
+    assert (
+        stored.id == first["id"] and stored.output_text == first["output"][0]["content"][0]["text"]
+    )
+    page = (await gw.get("/metrics")).text
+    assert metric(page, "gateway_requests_total", route="/v1/responses/{id}", status="200") == 1
+    # An id nobody answered is routed as any request (and the replica says it lacks it);
+    # asked for by id, the gateway says so itself.
+    for _ in range(6):
         body = {"model": MODEL, "input": "x", "previous_response_id": "resp_unknown"}
-        assert (await gw.post("/v1/responses", json=body)).status_code == 200
+        reply = await gw.post("/v1/responses", json=body)
+        assert reply.status_code == 404 and "resp_unknown" in reply.json()["error"]["message"]
     spread = [await mock_requests(url, "/v1/responses") for url in urls]
     assert sum(1 for a, b in zip(after, spread, strict=True) if b > a) >= 2
+    with pytest.raises(openai.NotFoundError):
+        await sdk(gw).responses.retrieve("resp_unknown")
 
 
 async def test_models_are_retrieved_by_id_and_unknown_ones_are_404(

@@ -1,6 +1,6 @@
 """``create_app(settings)``: the mock's aiohttp application.
 
-POST /v1/chat/completions   POST /v1/completions   POST /v1/responses
+POST /v1/chat/completions   POST /v1/completions   POST /v1/responses   GET /v1/responses/{id}
                             (stream or not; faults; X-Mock-* overrides)
 POST /tokenize /detokenize /v1/embeddings /v1/rerank /v1/score   (mockllm.pooling)
 GET  /v1/models             GET  /health            GET  /metrics
@@ -102,6 +102,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/chat/completions", generator.chat)
     app.router.add_post("/v1/completions", generator.completions)
     app.router.add_post("/v1/responses", generator.responses)
+    app.router.add_get("/v1/responses/{response_id}", generator.stored.retrieve)
     Pooling(settings.models, metrics).add_routes(app)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)

@@ -3,6 +3,7 @@
     MockError                   500  InternalServerError
     ├── BadRequest              400  BadRequestError  (bad JSON, wrong fields, bad X-Mock-* header)
     ├── ModelNotFound           404  NotFoundError
+    ├── NotFound                404  NotFoundError  (a stored response this replica lacks)
     └── InjectedStatus          any  (the ``status:<code>`` fault)
 
 The body is vLLM's / OpenAI's error object:
@@ -73,6 +74,10 @@ class ModelNotFound(MockError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model `{model}` does not exist.")
+
+
+class NotFound(MockError):
+    status = 404
 
 
 class InjectedStatus(MockError):

@@ -23,7 +23,7 @@ from mockllm.faults import Fault, FaultKind
 from mockllm.metrics import Metrics
 from mockllm.plan import Plan, make_plan, resolve_fault
 from mockllm.render import PING
-from mockllm.responses import ResponsesRenderer, as_chat_body
+from mockllm.responses import ResponsesRenderer, Stored, as_chat_body
 from mockllm.rich import RichRenderer
 from mockllm.schema import Kind
 from mockllm.settings import Settings
@@ -65,6 +65,7 @@ class Generator:
         self._metrics = metrics
         self._default_fault = default
         self._ping_s = settings.ping_interval_ms / 1000.0
+        self.stored = Stored()  # the Responses API's stored responses
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, "chat")
@@ -84,16 +85,15 @@ class Generator:
             fault = resolve_fault(request.headers, self._default_fault)
             if fault is not None and fault.kind is FaultKind.STATUS:
                 raise InjectedStatus(fault.arg)
-            body = await request.read()
-            plan = make_plan(
-                kind,
-                as_chat_body(body) if responses else body,
-                request.headers,
-                self._settings,
-                fault,
-            )
+            body, store = await request.read(), False
             if responses:
-                plan = replace(plan, renderer=ResponsesRenderer(plan.renderer.model, plan.usage))
+                body, store = as_chat_body(body, self.stored)
+            plan = make_plan(kind, body, request.headers, self._settings, fault)
+            if responses:
+                keep = self.stored if store else None
+                plan = replace(
+                    plan, renderer=ResponsesRenderer(plan.renderer.model, plan.usage, keep)
+                )
             if plan.stream:
                 resp = await self._stream(request, plan)
             else:

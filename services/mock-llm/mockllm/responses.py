@@ -8,30 +8,64 @@ deterministic tokens, timing, admission and faults as on
 typed events (``response.created`` ... ``response.output_text.delta`` ...
 ``response.completed``, or ``response.incomplete`` on a length stop) with
 consecutive ``sequence_number`` and no ``[DONE]``; an injected error event is
-``response.failed``. Not implemented (the mock never needs them): stored
-responses and ``previous_response_id``, tools, reasoning items.
+``response.failed``.
+
+Responses are stored in this process, as vLLM stores them (``store``, on by
+default): ``GET /v1/responses/{id}`` returns one, and a request whose
+``previous_response_id`` this replica did not store is a 404, as vLLM
+answers. (The previous turns are not prepended to the prompt.) Not
+implemented: tools and reasoning items.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 import orjson
+from aiohttp import web
 
-from mockllm.errors import BadRequest, error_body
+from mockllm.errors import BadRequest, NotFound, error_body
 from mockllm.render import Usage
 
 
-def as_chat_body(body: bytes) -> bytes:
-    """The chat request a Responses request amounts to (see the module)."""
+class Stored:
+    """The responses this replica made (the newest ``size``)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._bodies: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def add(self, body: dict[str, Any]) -> None:
+        self._bodies[body["id"]] = body
+        if len(self._bodies) > self._size:
+            self._bodies.popitem(last=False)
+
+    def get(self, response_id: str) -> dict[str, Any]:
+        found = self._bodies.get(response_id)
+        if found is None:
+            raise NotFound(f"Response with id '{response_id}' not found.")
+        return found
+
+    async def retrieve(self, request: web.Request) -> web.Response:
+        body = self.get(request.match_info["response_id"])
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def as_chat_body(body: bytes, stored: Stored) -> tuple[bytes, bool]:
+    """The chat request a Responses request amounts to (see the module), and whether
+    its response is to be stored."""
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise BadRequest("The request body is not valid JSON.") from None
     if not isinstance(request, dict) or not isinstance(request.get("model"), str):
         raise BadRequest("model: Field required")
+    previous = request.get("previous_response_id")
+    if isinstance(previous, str):
+        stored.get(previous)  # a 404 when this replica does not have it
     messages: list[dict[str, Any]] = []
     if isinstance(request.get("instructions"), str):
         messages.append({"role": "system", "content": request["instructions"]})
@@ -49,7 +83,7 @@ def as_chat_body(body: bytes) -> bytes:
     }
     if isinstance(request.get("max_output_tokens"), int):
         chat["max_tokens"] = request["max_output_tokens"]
-    return orjson.dumps(chat)
+    return orjson.dumps(chat), request.get("store", True) is not False
 
 
 def _message(item: dict[str, Any]) -> dict[str, Any]:
@@ -64,8 +98,9 @@ class ResponsesRenderer:
 
     end = b""  # a Responses stream has no [DONE]
 
-    def __init__(self, model: str, usage: Usage) -> None:
+    def __init__(self, model: str, usage: Usage, stored: Stored | None = None) -> None:
         self.model = model
+        self._stored = stored
         self.id = "resp_" + uuid.uuid4().hex
         self._item = "msg_" + uuid.uuid4().hex
         self._created = int(time.time())
@@ -140,7 +175,7 @@ class ResponsesRenderer:
     def response(self, text: str, finish_reason: str, usage: Usage) -> dict[str, Any]:
         """The whole response object (the non-streamed body and response.completed's)."""
         complete = finish_reason != "length"
-        return self._response(
+        body = self._response(
             "completed" if complete else "incomplete",
             [self._message(text)],
             incomplete_details=None if complete else {"reason": "max_output_tokens"},
@@ -152,6 +187,9 @@ class ResponsesRenderer:
                 "total_tokens": usage.prompt_tokens + usage.completion_tokens,
             },
         )
+        if self._stored is not None:
+            self._stored.add(body)
+        return body
 
 
 def _part(text: str) -> dict[str, Any]:

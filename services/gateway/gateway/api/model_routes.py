@@ -23,9 +23,16 @@ line and traces. None of them is cached.
   when a backend serves the embedding model asked for (``api.embeddings``).
   The answer comes back whole, as the model server sent it.
 
+- ``/v1/responses/{id}`` (retrieve, delete, ``/cancel``, ``/input_items``)
+  goes to the endpoint that answered that id, for the model it was; an id
+  this gateway process did not answer (or forgot) is a 404 of its own.
+
 Where the issue is silent: ``model`` is required on every route (vLLM fills
-in its one model when it is missing; a gateway in front of several cannot),
-and ``/v1/responses/{id}`` (retrieve, cancel, delete) is not routed yet.
+in its one model when it is missing; a gateway in front of several cannot).
+Pins live in one gateway process: with several gateway replicas, a client
+that refers to a stored response needs to come back to the same gateway
+(the ingress's session affinity), or the model server answers that it does
+not know the id.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException
 
 from gateway.api import openapi
 from gateway.api.body import read_body, request_id
@@ -68,26 +76,28 @@ Forward = Callable[[Request, str, bytes, str, Tenant], Awaitable[Response]]
 
 
 class Pins:
-    """Which endpoint answered a response id, for the follow-ups that refer to it.
+    """Which endpoint answered a response id (and for which model), for the requests
+    that refer to it.
 
     Bounded (least recently used out first): an id it forgot is routed as any
     request, which is what happens without pinning."""
 
     def __init__(self, size: int = 65_536) -> None:
         self._size = size
-        self._where: OrderedDict[str, str] = OrderedDict()
+        self._where: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
-    def add(self, answer_id: str, endpoint: str) -> None:
-        self._where[answer_id] = endpoint
+    def add(self, answer_id: str, endpoint: str, model: str) -> None:
+        self._where[answer_id] = (endpoint, model)
         self._where.move_to_end(answer_id)
         if len(self._where) > self._size:
             self._where.popitem(last=False)
 
-    def get(self, answer_id: str) -> str:
-        endpoint = self._where.get(answer_id, "")
-        if endpoint:
+    def get(self, answer_id: str) -> tuple[str, str] | None:
+        """``(endpoint, model)`` of a response id, or None."""
+        found = self._where.get(answer_id)
+        if found is not None:
             self._where.move_to_end(answer_id)
-        return endpoint
+        return found
 
     def __len__(self) -> int:
         return len(self._where)
@@ -116,7 +126,7 @@ def model_routes(
 
     def remember(call: Call, completion: Completion) -> None:
         if completion.succeeded and call.answer_id and call.endpoint:
-            pins.add(call.answer_id, call.endpoint)
+            pins.add(call.answer_id, call.endpoint, call.model)
 
     async def send(
         request: Request, kind: Kind, path: str, body: bytes, model: str, rid: str, tenant: Tenant
@@ -188,8 +198,9 @@ def model_routes(
             receive=request.receive,
         )
         previous = data.get("previous_response_id")
-        if isinstance(previous, str):
-            call.pinned = pins.get(previous)
+        pinned = pins.get(previous) if isinstance(previous, str) else None
+        if pinned is not None and pinned[1] == model:
+            call.pinned = pinned[0]
         return await start(
             call,
             Kind.RESPONSES,
@@ -200,6 +211,50 @@ def model_routes(
                 "gen_ai.request.top_p": data.get("top_p"),
             },
         )
+
+    async def stored(request: Request, response_id: str, method: str, suffix: str = "") -> Response:
+        """A request about a stored response: to the endpoint that answered it."""
+        rid = request_id(request)
+        request.state.request_id = rid
+        tenant = await gate.enter(request)
+        body = await read_body(request, limit) if method == "POST" else b""
+        pinned = pins.get(response_id)
+        if pinned is None:  # not answered through this gateway process (or forgotten)
+            raise HTTPException(404, f"No response with id {response_id!r} is known here")
+        upstream_id = upstream_request_id(rid)
+        call = Call(
+            kind=Kind.PASSTHROUGH,
+            model=pinned[1],
+            stream=False,
+            body=body,
+            headers=forwardable_headers(request.scope["headers"], upstream_id),
+            request_id=rid,
+            upstream_id=upstream_id if upstream_id != rid else "",
+            receive=request.receive,
+            path=f"{Kind.RESPONSES.route}/{response_id}{suffix}",
+            template=f"{Kind.RESPONSES.route}/{{id}}{suffix}",
+            method=method,
+            pinned=pinned[0],
+        )
+        return await start(call, Kind.PASSTHROUGH, tenant)
+
+    one = Kind.RESPONSES.route + "/{response_id}"
+
+    @router.get(one, responses=openapi.ERRORS)
+    async def retrieve_response(request: Request, response_id: str) -> Response:
+        return await stored(request, response_id, "GET")
+
+    @router.delete(one, responses=openapi.ERRORS)
+    async def delete_response(request: Request, response_id: str) -> Response:
+        return await stored(request, response_id, "DELETE")
+
+    @router.post(one + "/cancel", responses=openapi.ERRORS)
+    async def cancel_response(request: Request, response_id: str) -> Response:
+        return await stored(request, response_id, "POST", "/cancel")
+
+    @router.get(one + "/input_items", responses=openapi.ERRORS)
+    async def response_input_items(request: Request, response_id: str) -> Response:
+        return await stored(request, response_id, "GET", "/input_items")
 
     hot: dict[str, Handler] = {Kind.RESPONSES.route: responses}
     for path in PASSTHROUGH_ROUTES:

@@ -110,7 +110,7 @@ class Attempts:
             raise
 
     async def _try(self, lease: Lease, call: Call) -> Opened:
-        url = lease.endpoint.url + call.route
+        url = lease.endpoint.url + call.upstream_path
         call.upstream_started = time.perf_counter()
         try:
             if call.stream:
@@ -134,9 +134,10 @@ class Attempts:
     ) -> aiohttp.ClientResponse:
         """A replica whose URL holds its address gets its host name as TLS SNI and ``Host``."""
         headers = {**call.headers, "Host": spec.host_header} if spec.host_header else call.headers
-        return await self.session.post(
+        return await self.session.request(
+            call.method,
             url,
-            data=call.body,
+            data=call.body or None,
             headers=headers,
             timeout=limits,
             server_hostname=spec.server_hostname or None,

@@ -99,13 +99,20 @@ class Call:
     prompt: str | None = None  # only when GATEWAY_LOG_PROMPTS is on
     flow: FlowRequest | None = None  # set by the route when flow control is on
     ticket: Ticket | None = None  # its slot in the pool, released by Proxy.finish
-    path: str = ""  # a PASSTHROUGH call's route (``/tokenize``...); others: the kind's
+    path: str = ""  # a PASSTHROUGH call's path (``/tokenize``...); others: the kind's route
+    template: str = ""  # the route as metrics name it when the path holds an id
+    method: str = "POST"
     answer_id: str = ""  # the id the upstream gave its answer (``/v1/responses`` pins by it)
     pinned: str = ""  # the only endpoint that may serve it (it stored what the call refers to)
 
     @property
     def route(self) -> str:
-        """The route, as metrics and logs name it, and the path sent upstream."""
+        """The route, as metrics, logs and traces name it (a bounded set)."""
+        return self.template or self.path or self.kind.route
+
+    @property
+    def upstream_path(self) -> str:
+        """The path sent to the model server."""
         return self.path or self.kind.route
 
 
