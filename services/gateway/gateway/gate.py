@@ -26,6 +26,7 @@ from gateway.tenancy import (
     Tenant,
     connect,
 )
+from gateway.tenancy.tokens import Reservation, TokenBudgets
 
 
 class Gate:
@@ -43,6 +44,14 @@ class Gate:
             store = RedisKeyStore(self.redis, settings.redis_keys_config())
         self.auth = Authenticator(settings.auth_config(), store)
         self.limiter = Limiter(settings.limits_config(), self.redis)
+        self.tokens = TokenBudgets(
+            self.redis,
+            prefix=settings.redis_prefix,
+            replicas=settings.expected_replicas,
+            timeout_s=settings.redis_timeout_s,
+            backoff_s=settings.redis_backoff_s,
+            backoff_max_s=settings.redis_backoff_max_s,
+        )
 
     async def enter(self, request: Request) -> Tenant:
         """The caller's tenant, admitted; raises 401/403/429/503 in the OpenAI shape."""
@@ -57,10 +66,21 @@ class Gate:
             raise
         return tenant
 
+    async def reserve(
+        self, request: Request, tenant: Tenant, prompt: int, max_tokens: int
+    ) -> Reservation | None:
+        """The tenant's tokens for one request (None: no budget); 429 when short."""
+        try:
+            return await self.tokens.reserve(tenant, prompt, max_tokens)
+        except RateLimited:
+            request.state.rejection = "rate_limited"
+            raise
+
     async def authorize_admin(self, request: Request) -> None:
         await self.auth.authorize_admin(request.headers.get("authorization"))
 
     async def close(self) -> None:
         await self.limiter.close()
+        await self.tokens.close()
         if self.redis is not None:
             await self.redis.aclose()

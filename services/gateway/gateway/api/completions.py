@@ -20,6 +20,7 @@ from gateway.proxy.call import Call, forwardable_headers, upstream_request_id
 from gateway.serving import Completions
 from gateway.settings import GatewaySettings
 from gateway.tenancy import Tenant
+from gateway.tenancy.usage import ask_for_usage
 from gateway.tracing import Tracing
 
 
@@ -48,6 +49,15 @@ def completions_routes(
         rid = request_id(request)
         request.state.request_id = rid
         return rid, await gate.enter(request)
+
+    async def budget(request: Request, call: Call, req: AnyRequest, tenant: Tenant) -> None:
+        """Reserve the tenant's tokens (prompt + max_tokens) before anything is sent; ask a
+        stream for its usage (tenancy.usage) so the reservation settles on the real one."""
+        prompt = call.prefix.tokens if call.prefix is not None else len(call.body) // 4
+        limit = req.token_limit() or settings.flow_default_max_tokens
+        call.budget = await gate.reserve(request, tenant, prompt, limit)
+        if req.stream and (asked := ask_for_usage(call.body)) is not None:
+            call.body, call.hide_usage = asked, True
 
     async def serve(
         request: Request,
@@ -100,13 +110,23 @@ def completions_routes(
                 request_id=rid,
             )
             tracing.inject(call.trace, call.headers)  # traceparent to the model server
-        return await completions.serve(
-            call,
-            req,
-            tenant=tenant.name,
-            cache_control=request.headers.get("cache-control", ""),
-            opt_in=request.headers.get(OPT_IN_HEADER, ""),
-        )
+        if tenant.tokens_per_min is not None:  # last: nothing may fail before the try
+            await budget(request, call, req, tenant)
+        try:
+            response = await completions.serve(
+                call,
+                req,
+                tenant=tenant.name,
+                cache_control=request.headers.get("cache-control", ""),
+                opt_in=request.headers.get(OPT_IN_HEADER, ""),
+            )
+        except BaseException:
+            if call.budget is not None:
+                call.budget.release()  # (a no-op once the proxy settled it)
+            raise
+        if call.budget is not None:
+            response.raw_headers.extend(call.budget.headers)  # x-ratelimit-*-tokens
+        return response
 
     @router.post(
         Kind.CHAT.route,

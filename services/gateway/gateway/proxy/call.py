@@ -11,6 +11,7 @@ from typing import Any
 from gateway.balance.outcome import Outcome
 from gateway.balance.prefix import PromptPrefix
 from gateway.flow import FlowRequest, Ticket
+from gateway.tenancy.tokens import Reservation
 from gateway.protocol.calls import Kind
 from gateway.protocol.headers import CacheOutcome
 
@@ -99,6 +100,8 @@ class Call:
     prompt: str | None = None  # only when GATEWAY_LOG_PROMPTS is on
     flow: FlowRequest | None = None  # set by the route when flow control is on
     ticket: Ticket | None = None  # its slot in the pool, released by Proxy.finish
+    budget: Reservation | None = None  # tokens reserved; settled by Proxy.finish
+    hide_usage: bool = False  # usage asked for the budget, not by the client
     path: str = ""  # a PASSTHROUGH call's path (``/tokenize``...); others: the kind's route
     template: str = ""  # the route as metrics name it when the path holds an id
     method: str = "POST"

@@ -306,6 +306,9 @@ class Proxy:
         now = time.perf_counter()
         if call.ticket is not None:
             call.ticket.release()  # the next request waiting for this pool may go
+        if call.budget is not None:  # the tenant's tokens: the real usage, or all back
+            used = (completion.tokens_in, completion.tokens_out) if completion else (0, 0)
+            call.budget.end(*used)
         m = self._metrics
         m.in_flight.dec()
         outcome = str(outcome)

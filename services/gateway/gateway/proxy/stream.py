@@ -36,6 +36,7 @@ from gateway.protocol.sse import StreamWatch
 from gateway.proxy.attempt import Opened
 from gateway.proxy.call import Call
 from gateway.proxy.continuation import Splicer
+from gateway.tenancy.usage import hide_usage
 
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
@@ -178,6 +179,8 @@ class StreamResponse(Response):
                     call.first_token_at = time.perf_counter()
                 if copy is not None:
                     copy.append(chunk)
+                if call.hide_usage:  # asked for a token budget, not by the client
+                    chunk = hide_usage(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if self._client_gone:
                     return ErrorKind.CLIENT_DISCONNECT
