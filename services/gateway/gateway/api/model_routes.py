@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -117,6 +118,32 @@ def model_of(body: bytes) -> tuple[str, dict[str, object]]:
     return model, data
 
 
+def new_call(
+    request: Request,
+    rid: str,
+    kind: Kind,
+    model: str,
+    body: bytes,
+    *,
+    stream: bool = False,
+    **fields: Any,
+) -> Call:
+    """The :class:`Call` of a request whose body is read (its headers as forwarded,
+    its request id as the backend sees it)."""
+    upstream_id = upstream_request_id(rid)
+    return Call(
+        kind=kind,
+        model=model,
+        stream=stream,
+        body=body,
+        headers=forwardable_headers(request.scope["headers"], upstream_id),
+        request_id=rid,
+        upstream_id=upstream_id if upstream_id != rid else "",
+        receive=request.receive,
+        **fields,
+    )
+
+
 def model_routes(
     settings: GatewaySettings, proxy: Proxy, gate: Gate, tracing: Tracing, pins: Pins
 ) -> tuple[APIRouter, dict[str, Handler], Forward]:
@@ -131,18 +158,7 @@ def model_routes(
     async def send(
         request: Request, kind: Kind, path: str, body: bytes, model: str, rid: str, tenant: Tenant
     ) -> Response:
-        upstream_id = upstream_request_id(rid)
-        call = Call(
-            kind=kind,
-            model=model,
-            stream=False,
-            body=body,
-            headers=forwardable_headers(request.scope["headers"], upstream_id),
-            request_id=rid,
-            upstream_id=upstream_id if upstream_id != rid else "",
-            receive=request.receive,
-            path=path if kind is Kind.PASSTHROUGH else "",
-        )
+        call = new_call(request, rid, kind, model, body, path=path)
         return await start(call, kind, tenant)
 
     async def start(call: Call, kind: Kind, tenant: Tenant, **request: object) -> Response:
@@ -186,16 +202,8 @@ def model_routes(
         given = data.get("input")
         if isinstance(given, list) and len(given) > settings.max_messages:
             raise InvalidRequest(f"Too many input items: the limit is {settings.max_messages}")
-        upstream_id = upstream_request_id(rid)
-        call = Call(
-            kind=Kind.RESPONSES,
-            model=model,
-            stream=data.get("stream") is True,
-            body=body,
-            headers=forwardable_headers(request.scope["headers"], upstream_id),
-            request_id=rid,
-            upstream_id=upstream_id if upstream_id != rid else "",
-            receive=request.receive,
+        call = new_call(
+            request, rid, Kind.RESPONSES, model, body, stream=data.get("stream") is True
         )
         previous = data.get("previous_response_id")
         pinned = pins.get(previous) if isinstance(previous, str) else None
@@ -221,16 +229,12 @@ def model_routes(
         pinned = pins.get(response_id)
         if pinned is None:  # not answered through this gateway process (or forgotten)
             raise HTTPException(404, f"No response with id {response_id!r} is known here")
-        upstream_id = upstream_request_id(rid)
-        call = Call(
-            kind=Kind.PASSTHROUGH,
-            model=pinned[1],
-            stream=False,
-            body=body,
-            headers=forwardable_headers(request.scope["headers"], upstream_id),
-            request_id=rid,
-            upstream_id=upstream_id if upstream_id != rid else "",
-            receive=request.receive,
+        call = new_call(
+            request,
+            rid,
+            Kind.PASSTHROUGH,
+            pinned[1],
+            body,
             path=f"{Kind.RESPONSES.route}/{response_id}{suffix}",
             template=f"{Kind.RESPONSES.route}/{{id}}{suffix}",
             method=method,
