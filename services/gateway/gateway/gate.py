@@ -73,7 +73,7 @@ class Gate:
         try:
             return await self.tokens.reserve(tenant, prompt, max_tokens)
         except RateLimited:
-            request.state.rejection = "rate_limited"
+            request.state.rejection = "token_budget"
             raise
 
     async def authorize_admin(self, request: Request) -> None:

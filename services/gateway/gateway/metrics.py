@@ -49,6 +49,7 @@ REJECTION_REASONS = (
     "model_not_found",
     "rate_limited",
     "overloaded",
+    "token_budget",  # a tenant's tokens per minute (tenancy.tokens)
 )
 CACHE_HITS = frozenset({CacheOutcome.HIT_EXACT, CacheOutcome.HIT_SEMANTIC})
 
