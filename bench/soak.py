@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import re
 import sys
 import time
@@ -65,23 +66,31 @@ class Stack:
     redis_port: int
 
 
-def start_stack(harness: Harness, ttl_s: int) -> Stack:
+def start_stack(harness: Harness, ttl_s: int, gateway_env: dict[str, str] | None = None) -> Stack:
+    """The stack; ``gateway_env``: more environment for the gateway's process alone
+    (``MALLOC_ARENA_MAX=2``, say: the allocator is no setting of the gateway's)."""
     redis_port = free_port()
     _, redis_url = harness.redis(port=redis_port, timeout=15)
     _, embedder = harness.embedder()
     _, cache = harness.cache(redis_url)
     backends = [harness.mock(name)[1] for name in ("mock-1", "mock-2")]
-    _, gateway_url = harness.gateway(
-        backends,
-        ready_path="/readyz",
-        timeout=60,
-        embedder_target=embedder,
-        cache_target=cache,
-        cache_ttl_s=ttl_s,
-        cache_lookup_budget_ms=100,  # hits must not depend on the shared machine
-        ttft_timeout_s=2,
-        log_requests="false",
-    )
+    saved = dict(os.environ)
+    os.environ.update(gateway_env or {})  # a Proc copies the environment when it is made
+    try:
+        _, gateway_url = harness.gateway(
+            backends,
+            ready_path="/readyz",
+            timeout=60,
+            embedder_target=embedder,
+            cache_target=cache,
+            cache_ttl_s=ttl_s,
+            cache_lookup_budget_ms=100,  # hits must not depend on the shared machine
+            ttft_timeout_s=2,
+            log_requests="false",
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return Stack({proc.name: proc for proc in harness.procs}, gateway_url, redis_port)
 
 
@@ -218,6 +227,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--ttl-s", type=int, default=60, help="cache entry TTL")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway's process"
+    )
     args = parser.parse_args(argv)
     if args.warmup_s is None:
         args.warmup_s = min(120.0, args.minutes * 60 / 5)
@@ -227,7 +239,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     with Harness(LOG_DIR, announce=True) as harness:
-        stack = start_stack(harness, args.ttl_s)
+        env = dict(item.split("=", 1) for item in args.gateway_env)
+        stack = start_stack(harness, args.ttl_s, env)
         return asyncio.run(soak(stack, args))
 
 

@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.balance.config import ContinuationConfig
+from gateway.balance.discovery import expand, parse_target
 from gateway.balance.endpoint import EndpointSpec
 from gateway.protocol.calls import Kind
 from gateway.proxy.continuation import Partial, plans
@@ -42,6 +43,12 @@ def test_the_setting_takes_a_mode_alone_or_a_template() -> None:
     assert full.continuation.config() == CHATML
     with pytest.raises(ValidationError):
         BackendConfig.model_validate({"url": "http://a", "continuation": {"mode": "prompt"}})
+
+
+def test_every_replica_of_a_dns_backend_continues_as_its_entry_says() -> None:
+    target = parse_target("dns+http://llama:8080", ("m",), "llama", CHATML)
+    specs = expand(target, ["10.0.0.1", "10.0.0.2"])
+    assert [spec.continuation for spec in specs] == [CHATML, CHATML]
 
 
 def test_the_template_renders_the_conversation_with_its_own_system_message() -> None:
