@@ -51,6 +51,9 @@ from gateway.flow.config import PRIORITIES, FlowConfig
 from gateway.flow.drr import Entry, FairQueue
 from gateway.flow.metrics import FlowMetrics
 from gateway.flow.saturation import Fleet, assess
+from llmgw_common.logs import get_logger
+
+log = get_logger("gateway.flow")
 
 RATE_TAU_S = 5.0  # the departure rate's EWMA time constant
 
@@ -72,14 +75,14 @@ class Ticket:
 
     __slots__ = ("_flow", "_pool", "_released", "tenant")
 
-    def __init__(self, flow: FlowControl, pool: _PoolFlow, tenant: str) -> None:
+    def __init__(self, flow: FlowControl, pool: _PoolFlow | None, tenant: str) -> None:
         self._flow = flow
         self._pool = pool
         self.tenant = tenant
         self._released = False
 
     def release(self) -> None:
-        if not self._released:
+        if not self._released and self._pool is not None:
             self._released = True
             self._flow._release(self._pool, self.tenant)
 
@@ -152,7 +155,12 @@ class FlowControl:
     # -- admission ---------------------------------------------------------------
 
     def enter(self, req: FlowRequest) -> Ticket | None:
-        """A ticket now (the pool has room and nobody waits), else None: :meth:`wait`."""
+        """A ticket now (the pool has room and nobody waits), else None: :meth:`wait`.
+
+        A model no endpoint serves is not counted (routing answers 404): client-chosen
+        names must not grow the pools or the metrics' labels."""
+        if not self._pool.has_model(req.model):
+            return Ticket(self, None, req.tenant)
         pf, now = self._seen(req)
         if now >= pf.refresh_at:
             self._refresh(pf, now)
@@ -329,5 +337,8 @@ class FlowControl:
             now = self._clock()
             for pf in self._pools.values():
                 if pf.queue:
-                    self._refresh(pf, now)
-                    self._dispatch(pf, now)
+                    try:
+                        self._refresh(pf, now)
+                        self._dispatch(pf, now)
+                    except Exception as exc:  # a bug must not stop the queue for good
+                        log.error("flow_refresh_error", model=pf.model, exc_info=exc)

@@ -26,6 +26,9 @@ class Readings:
     def readings(self, model: str) -> list[Reading]:
         return list(self.endpoints)
 
+    def has_model(self, model: str) -> bool:
+        return model == MODEL
+
 
 def control(clock: FakeClock, **config: object) -> tuple[FlowControl, Readings, CollectorRegistry]:
     pool = Readings()
@@ -192,3 +195,16 @@ async def test_the_reserve_keeps_the_last_slot_for_a_tenant_under_its_share(
 async def test_a_lone_tenant_gets_the_whole_pool_even_with_a_reserve(clock: FakeClock) -> None:
     flow, _, _ = control(clock, endpoint_concurrency=2, reserve=1)
     assert all(flow.enter(req("alone")) is not None for _ in range(4))
+
+
+async def test_a_model_nobody_serves_is_neither_queued_nor_counted(clock: FakeClock) -> None:
+    flow, _, registry = control(clock)
+    take(flow, req("t")), take(flow, req("t"))  # the pool is full
+    for n in range(3):
+        stray = FlowRequest(f"typo-{n}", "t", 0, 1.0, 10, 1.0)
+        ticket = flow.enter(stray)
+        assert ticket is not None  # routing answers it (404), not the queue
+        ticket.release()
+    assert sample(registry, "gateway_flow_admitted_in_flight") == 2
+    names = {s.labels.get("model") for f in registry.collect() for s in f.samples}
+    assert not any(str(name).startswith("typo") for name in names)
