@@ -5,12 +5,17 @@ returns an :class:`Opened` (a stream with its first chunk read, or a whole
 non-streamed answer) or raises :class:`Retryable` for what another endpoint
 may do better (connect error, 5xx, 429, no first chunk in time, a stream that
 closes empty). Choosing endpoints, failing over, hedging: ``proxy.upstream``.
+
+Streams go out on the data plane's own connections (``proxy.wire``: each
+chunk after the first relayed from the read callback); non-streamed calls on
+an aiohttp session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -29,6 +34,7 @@ from gateway.proxy.backend_errors import (
     upstream_error,
 )
 from gateway.proxy.call import Call
+from gateway.proxy.wire import Conn, Wire
 from gateway.settings import GatewaySettings
 
 
@@ -39,7 +45,7 @@ class Opened:
     lease: Lease
     status: int
     content_type: str
-    response: aiohttp.ClientResponse | None  # a stream still being read
+    response: Conn | None  # a stream still being read
     first_chunk: bytes  # streams: first body bytes; non-streamed: the whole body
 
 
@@ -72,10 +78,11 @@ class Attempts:
     def __init__(self, settings: GatewaySettings) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=settings.total_timeout_s,
-            sock_connect=settings.connect_timeout_s,
-            sock_read=settings.idle_timeout_s,
+        self.wire = Wire(
+            keepalive_s=settings.upstream_keepalive_s,
+            connect_s=settings.connect_timeout_s,
+            idle_s=settings.idle_timeout_s,
+            total_s=settings.total_timeout_s,
         )
         self._unary_timeout = aiohttp.ClientTimeout(
             total=min(settings.unary_timeout_s, settings.total_timeout_s),
@@ -94,6 +101,7 @@ class Attempts:
         )
 
     async def close(self) -> None:
+        self.wire.close()
         if self._session is not None:
             await self._session.close()
 
@@ -123,7 +131,7 @@ class Attempts:
             raise Retryable(
                 Outcome.TIMEOUT, UpstreamTimeout("The model server did not answer in time")
             ) from exc
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:  # OSError: the wire's (streams)
             raise Retryable(
                 classify(error=ErrorKind.CONNECT),
                 UpstreamError("The model server could not be reached"),
@@ -144,28 +152,37 @@ class Attempts:
         )
 
     async def _open_stream(self, lease: Lease, url: str, call: Call) -> Opened:
-        response = await self._post(lease.endpoint, url, call, self._stream_timeout)
-        if response.status != 200:
-            return await self._finish_unary(lease, response, call)
+        spec = lease.endpoint
+        conn = await self.wire.open(
+            url,
+            call.method,
+            call.headers,
+            call.body,
+            server_hostname=spec.server_hostname,
+            host_header=spec.host_header,
+        )
         try:
-            first = await response.content.readany()
+            if conn.status != 200:
+                body = await conn.whole()
+                return self._judge(lease, conn.status, conn.headers, body, call)
+            first = await conn.first()
         except BaseException:
-            response.close()
+            conn.close()
             raise
         if not first:
-            response.close()
+            conn.close()
             raise Retryable(
                 Outcome.STREAM_TRUNCATED,
                 UpstreamError("The model server closed the stream before sending anything"),
             )
         if first.startswith(b'data: {"error"'):  # nothing but an error: nothing sent yet
-            response.close()
+            conn.close()
             return self._error_first(lease, first)
         if call.kind is Kind.RESPONSES and (failed := responses.first_error(first)):
-            response.close()  # response.failed (or error) before any token
+            conn.close()  # response.failed (or error) before any token
             return self._error_first(lease, b"data: " + failed)
         return Opened(
-            lease, 200, response.headers.get("Content-Type", "text/event-stream"), response, first
+            lease, 200, conn.headers.get("Content-Type", "text/event-stream"), conn, first
         )
 
     @staticmethod
@@ -190,17 +207,22 @@ class Attempts:
     ) -> Opened:
         async with response:
             body = await response.read()
+        return self._judge(lease, response.status, response.headers, body, call)
+
+    def _judge(
+        self, lease: Lease, status: int, headers: Mapping[str, str], body: bytes, call: Call
+    ) -> Opened:
+        """A whole answer: an error to retry elsewhere (raised), or the client's."""
         call.upstream_ended = time.perf_counter()
-        status = response.status
         outcome = classify(status)
         if status >= 400 and is_context_overflow(error_message(body) or ""):
             status, body = 400, context_error(body)  # the client's, whatever the backend said
             return Opened(lease, status, "application/json", None, body)
         if outcome in (Outcome.SERVER_ERROR, Outcome.RATE_LIMITED):
-            hint = retry_hint(response.headers) if status == 429 else None
+            hint = retry_hint(headers) if status == 429 else None
             wait = None if hint is None else hint.seconds  # the pool avoids the endpoint
             raise Retryable(outcome, upstream_error(status, body, hint), wait, status)
-        content_type = response.headers.get("Content-Type", "application/json")
+        content_type = headers.get("Content-Type", "application/json")
         if outcome is Outcome.CLIENT_ERROR:
             body, content_type = sanitize_error(status, body), "application/json"
         return Opened(lease, status, content_type, None, body)

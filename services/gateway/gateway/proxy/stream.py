@@ -22,7 +22,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 from starlette.responses import Response
 
@@ -36,7 +35,7 @@ from gateway.protocol.sse import StreamWatch
 from gateway.proxy.attempt import Opened
 from gateway.proxy.call import Call
 from gateway.proxy.continuation import Splicer
-from gateway.tenancy.usage import hide_usage
+from gateway.proxy.relay import Relay
 
 Scope = dict[str, Any]
 Receive = Callable[[], Any]
@@ -162,38 +161,10 @@ class StreamResponse(Response):
         self, send: Send, watch: StreamWatch, splicer: Splicer | None
     ) -> ErrorKind | None:
         """Forward chunks until the upstream ends; return what broke it, if anything.
-        A continuation's chunks are rewritten by ``splicer`` first."""
-        call, opened, copy = self._call, self._opened, self._copy
-        assert opened.response is not None
-        observe_gap = self._observe_gap
-        chunk = opened.first_chunk
-        last = time.perf_counter()
-        reader = opened.response.content
-        try:
-            while chunk:
-                if splicer is not None and not (chunk := splicer.feed(chunk)):
-                    chunk = await reader.readany()
-                    continue
-                if watch.feed(chunk):
-                    opened.lease.first_token()
-                    call.first_token_at = time.perf_counter()
-                if copy is not None:
-                    copy.append(chunk)
-                if call.hide_usage:  # asked for a token budget, not by the client
-                    chunk = hide_usage(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if self._client_gone:
-                    return ErrorKind.CLIENT_DISCONNECT
-                chunk = await reader.readany()
-                if observe_gap is not None:
-                    now = time.perf_counter()
-                    observe_gap(now - last)
-                    last = now
-        except TimeoutError:
-            return ErrorKind.TIMEOUT
-        except aiohttp.ClientError:
-            return ErrorKind.READ
-        return None
+        A continuation's chunks are rewritten by ``splicer`` first (``proxy.relay``:
+        each chunk handled in the upstream's read callback)."""
+        relay = Relay(self._opened, self._call, watch, self._copy, splicer, self._observe_gap)
+        return await relay.run(send, lambda: self._client_gone)
 
     def _final_event(self, error: GatewayError) -> bytes:
         """The gateway's own last event, in the stream's shape (chat, or Responses)."""
