@@ -20,7 +20,7 @@ read at the start and end of every measured window.
 
     python -m bench.proxy [--duration S] [--warmup S] [--concurrency 1,16,64] [--json FILE]
                           [--profile FILE] [--profile-concurrency 64,16] [--before DIR]
-                          [--no-workers]
+                          [--no-workers] [--floors uvicorn,granian,aiohttp,protocol]
 
 ``--profile FILE`` then runs one more, unmeasured slice of the one-worker
 gateway per ``--profile-concurrency`` with py-spy sampling it (collapsed
@@ -42,6 +42,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -54,7 +55,7 @@ from bench.loadgen import Cell, CpuClock, Meter, run_slice
 from bench.proxy_report import idle, ratios, row, table, top_frames, verdict
 from bench.runner import INTERRUPTED, interruptible, machine, run_loop
 from deploy.local.harness import MOCK_MODEL, Stack
-from deploy.local.procs import PYTHON, ROOT, Proc
+from deploy.local.procs import PYTHON, ROOT, Proc, free_port
 
 MODEL = MOCK_MODEL  # "mock-llama-3-8b"
 PATH = "/v1/chat/completions"
@@ -79,6 +80,14 @@ def environ(**values: str) -> Iterator[None]:
                 os.environ[key] = old
 
 
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
 def start_targets(stack: Stack, tmp: Path, args: argparse.Namespace) -> tuple[Proc, Targets]:
     """The mock, then every proxy in front of it: (mock, targets). The direct target's
     process is the one-worker gateway, idle while the mock is asked directly."""
@@ -91,6 +100,12 @@ def start_targets(stack: Stack, tmp: Path, args: argparse.Namespace) -> tuple[Pr
             proxies["gateway-before"] = stack.gateway(
                 [mock_url], "gateway-before", ready_path="/readyz", **settings
             )
+    for kind in args.floors:  # bench/proxy_floors.py: a bare relay on each server stack
+        port = free_port()
+        argv = [PYTHON, "-m", "bench.proxy_floors", kind, str(port), mock_url]
+        proc = Proc(f"floor-{kind}", argv, log_dir=stack.log_dir)
+        stack.start(proc, lambda port=port: port_open(port), timeout=30.0)  # type: ignore[misc]
+        proxies[f"floor-{kind}"] = (proc, f"http://127.0.0.1:{port}")
     if args.workers:
         multi = {**settings, "workers": 2, "metrics_dir": tmp / "metrics-w2"}
         proxies["gateway-w2"] = stack.gateway(
@@ -195,6 +210,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--before", type=Path, default=None, help="a checkout whose gateway is measured too"
+    )
+    parser.add_argument(
+        "--floors",
+        type=lambda s: [k for k in s.split(",") if k],
+        default=[],
+        help="bare relays to measure too: uvicorn,granian,aiohttp,protocol (bench/proxy_floors.py)",
     )
     parser.add_argument(
         "--no-workers",
