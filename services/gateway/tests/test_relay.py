@@ -17,9 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 import uvicorn
+from prometheus_client import CollectorRegistry, Histogram
 
 from gateway.balance.outcome import ErrorKind
-from gateway.proxy.relay import ClientOut
+from gateway.proxy.relay import ClientOut, observe_many
 from gateway.proxy.wire import Wire
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -186,3 +187,20 @@ async def test_the_direct_writer_frames_chunks_inside_uvicorn() -> None:
         return None
 
     assert ClientOut.of(generic) is None
+
+
+def test_gaps_observed_at_once_fill_the_histogram_as_one_by_one() -> None:
+    values = [0.0, 0.001, 0.005, 0.005, 0.0051, 0.2, 3.0, 1e9]
+    samples = []
+    for batched in (False, True):
+        registry = CollectorRegistry()
+        histogram = Histogram("gap_seconds", "gaps", registry=registry, buckets=(0.005, 0.1, 1.0))
+        if batched:
+            observe_many(histogram.observe, values)
+        else:
+            for value in values:
+                histogram.observe(value)
+        collected = [s for m in registry.collect() for s in m.samples]
+        samples.append([(s.name, s.labels, s.value) for s in collected if "created" not in s.name])
+    assert samples[0] == samples[1]
+    assert ("gap_seconds_bucket", {"le": "0.005"}, 4.0) in samples[1]

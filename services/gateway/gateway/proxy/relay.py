@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
@@ -182,7 +183,29 @@ class Relay:
 
     def _observe_gaps(self) -> None:
         """The inter-token histogram, filled once per leg rather than once per chunk."""
-        observe = self._observe_gap
-        if observe is not None:
-            for gap in self._gaps[1:]:  # (the first piece's gap is no token gap)
-                observe(gap)
+        if self._observe_gap is not None:
+            observe_many(self._observe_gap, self._gaps[1:])  # (the first is no token gap)
+
+
+def observe_many(observe: Callable[[float], None], values: list[float]) -> None:
+    """``observe(v)`` for each value, in one pass when ``observe`` is a
+    prometheus-client histogram's: each bucket and the sum incremented once
+    with the counts (bisect in C) instead of a Python loop over the buckets and
+    a lock per value (profiled: 2 % of the gateway at 64 streams when per chunk).
+    It reads the histogram's storage as prometheus-client 0.2x keeps it (one
+    non-cumulative counter per bucket); test_relay checks it against ``observe``."""
+    histogram = getattr(observe, "__self__", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if histogram is None or bounds is None or getattr(observe, "__name__", "") != "observe":
+        for value in values:
+            observe(value)
+        return
+    if not values:
+        return
+    counts: dict[int, int] = {}
+    for value in values:
+        at = bisect_left(bounds, value)
+        counts[at] = counts.get(at, 0) + 1
+    histogram._sum.inc(sum(values))
+    for at, n in counts.items():
+        histogram._buckets[at].inc(n)
