@@ -1,0 +1,56 @@
+"""The other model routes through the real gateway process (uvicorn, the streaming
+data plane), as the official openai client and plain HTTP see them."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from deploy.local.harness import MOCK_MODEL, Stack
+
+
+def test_responses_streamed_whole_and_cut_through_the_real_gateway(stack: Stack) -> None:
+    _, mock = stack.mock(output_tokens=16, ttft_ms=5, inter_token_ms=2)
+    _, other = stack.mock("mock-2", output_tokens=16, ttft_ms=5, inter_token_ms=2)
+    _, gw = stack.gateway([mock, other])
+    client = openai.OpenAI(base_url=f"{gw}/v1", api_key="unused", max_retries=0)
+    whole = client.responses.create(model=MOCK_MODEL, input="Say something")
+    assert whole.status == "completed" and whole.usage is not None
+    text, kinds = "", []
+    for event in client.responses.create(model=MOCK_MODEL, input="Say something", stream=True):
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            text += event.delta
+    assert text == whole.output_text and kinds[-1] == "response.completed"
+    # A follow-up reaches the replica that stored the first response (the other 404s).
+    for _ in range(6):
+        follow = client.responses.create(
+            model=MOCK_MODEL, input="and?", previous_response_id=whole.id, stream=True
+        )
+        assert [e.type for e in follow][-1] == "response.completed"
+    assert client.responses.retrieve(whole.id).output_text == whole.output_text
+    # Cut by its replica after 3 tokens: the client's stream ends with an error event
+    # (a Responses stream is not continued), which the SDK raises.
+    with pytest.raises(openai.APIError, match="ended the stream"):
+        for _ in client.responses.create(
+            model=MOCK_MODEL, input="x", stream=True, extra_headers={"X-Mock-Fault": "cut:3"}
+        ):
+            pass
+
+
+def test_vllm_routes_and_model_lookup_through_the_real_gateway(stack: Stack) -> None:
+    _, mock = stack.mock(models=f"{MOCK_MODEL},embed-small")
+    _, gw = stack.gateway([{"url": mock, "models": [MOCK_MODEL, "embed-small"]}])
+    tokens = httpx.post(f"{gw}/tokenize", json={"model": MOCK_MODEL, "prompt": "hello"}).json()
+    assert tokens["count"] == 5
+    back = httpx.post(f"{gw}/detokenize", json={"model": MOCK_MODEL, "tokens": tokens["tokens"]})
+    assert back.json() == {"prompt": "hello"}
+    client = openai.OpenAI(base_url=f"{gw}/v1", api_key="unused", max_retries=0)
+    vectors = client.embeddings.create(model="embed-small", input=["a", "b", "c"])
+    assert [len(d.embedding) for d in vectors.data] == [16, 16, 16]
+    assert client.models.retrieve("embed-small").id == "embed-small"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+    page = httpx.get(f"{gw}/metrics").text
+    assert 'route="/tokenize"' in page and 'route="/v1/embeddings"' in page
