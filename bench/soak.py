@@ -66,13 +66,21 @@ class Stack:
     redis_port: int
 
 
-def start_stack(harness: Harness, ttl_s: int, gateway_env: dict[str, str] | None = None) -> Stack:
+def start_stack(
+    harness: Harness,
+    ttl_s: int,
+    gateway_env: dict[str, str] | None = None,
+    stream_max_age_s: float = 120,
+) -> Stack:
     """The stack; ``gateway_env``: more environment for the gateway's process alone
-    (``MALLOC_ARENA_MAX=2``, say: the allocator is no setting of the gateway's)."""
+    (``MALLOC_ARENA_MAX=2``, say: the allocator is no setting of the gateway's).
+    ``stream_max_age_s``: the cache's change stream keeps this much history
+    (``CACHE_STREAM_MAX_AGE_S``, 600 s by default): two minutes, so Redis reaches
+    its steady size within the warm-up, not at minute 10."""
     redis_port = free_port()
     _, redis_url = harness.redis(port=redis_port, timeout=15)
     _, embedder = harness.embedder()
-    _, cache = harness.cache(redis_url)
+    _, cache = harness.cache(redis_url, stream_max_age_s=stream_max_age_s)
     backends = [harness.mock(name)[1] for name in ("mock-1", "mock-2")]
     saved = dict(os.environ)
     os.environ.update(gateway_env or {})  # a Proc copies the environment when it is made
@@ -228,6 +236,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ttl-s", type=int, default=60, help="cache entry TTL")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
+        "--stream-max-age-s", type=float, default=120, help="CACHE_STREAM_MAX_AGE_S"
+    )
+    parser.add_argument(
         "--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway's process"
     )
     args = parser.parse_args(argv)
@@ -240,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     with Harness(LOG_DIR, announce=True) as harness:
         env = dict(item.split("=", 1) for item in args.gateway_env)
-        stack = start_stack(harness, args.ttl_s, env)
+        stack = start_stack(harness, args.ttl_s, env, args.stream_max_age_s)
         return asyncio.run(soak(stack, args))
 
 
