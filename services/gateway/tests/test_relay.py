@@ -204,3 +204,20 @@ def test_gaps_observed_at_once_fill_the_histogram_as_one_by_one() -> None:
         samples.append([(s.name, s.labels, s.value) for s in collected if "created" not in s.name])
     assert samples[0] == samples[1]
     assert ("gap_seconds_bucket", {"le": "0.005"}, 4.0) in samples[1]
+
+
+async def test_an_attempt_cancelled_before_the_answer_closes_its_connection(
+    upstream: Callable[[Script], Awaitable[str]],
+) -> None:
+    """A hedge that lost, a client that left: the model server must see the close."""
+    closed = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await reader.read()  # no answer; returns when the gateway hangs up
+        closed.set()
+
+    opening = asyncio.ensure_future(wire().open(await upstream(script), "POST", {}, b"{}"))
+    await asyncio.sleep(0.05)
+    opening.cancel()
+    await asyncio.wait_for(closed.wait(), 2)

@@ -180,6 +180,7 @@ class Conn(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.resume_reading()  # (paused for a slow client: the next request must read)
         reusable = (
             self._complete
             and not self._until_eof
@@ -292,7 +293,11 @@ class Wire:
         if conn is None:
             conn = await self._connect(key)
         conn.send(method, target or "/", host_header or parts.netloc, headers, body)
-        await conn.head()
+        try:
+            await conn.head()
+        except BaseException:  # cancelled (a hedge won, the client left) or broken
+            conn.close()  # the model server stops generating for nobody
+            raise
         return conn
 
     def _take(self, key: Key) -> Conn | None:
