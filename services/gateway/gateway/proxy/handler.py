@@ -33,8 +33,8 @@ from gateway.protocol.responses import ResponsesWatch
 from gateway.protocol.sse import StreamWatch
 from gateway.proxy.attempt import Opened
 from gateway.proxy.call import Call, Completion
-from gateway.proxy.continuation import FINISH, Plan, Splicer, partial_answer, plans
-from gateway.proxy.stream import Resume, Resumed, StreamResponse
+from gateway.proxy.resume import Resumer
+from gateway.proxy.stream import StreamResponse
 from gateway.proxy.upstream import Upstream
 from gateway.responses import RawResponse
 from gateway.tracing import Tracing
@@ -63,6 +63,7 @@ class Proxy:
         self._tracing = tracing or Tracing(None)
         self._upstream = upstream
         self._metrics = metrics
+        self._resume = Resumer(upstream, metrics, self._count_attempt)
         self._log_requests = log_requests
         self._gap = metrics.inter_token.observe
 
@@ -144,62 +145,11 @@ class Proxy:
             extra_headers=headers[1:],
             keep_copy=keep,
             observe_gap=self._gap,
-            resume=self._resumer(call) if self._continuations and call.kind.generates else None,
+            resume=self._resume.stream(call)
+            if self._continuations and call.kind.generates
+            else None,
             max_continuations=self._continuations,
         )
-
-    def _resumer(self, call: Call) -> Resume:
-        """How a stream of ``call`` whose upstream broke is continued (``proxy.continuation``):
-        on the model's other endpoints, asked the way each continues."""
-        original = call.body  # each continuation is planned from the client's request
-
-        async def resume(broken: Outcome, lease: Lease, sent: bytes) -> Resumed:
-            partial = partial_answer(call.kind, sent)
-            failed = lease.endpoint.name
-            lease.release(broken)  # the replica broke the stream: its failure
-            self._count_attempt(call, broken)
-            if partial.finished:  # the whole answer is out; only the end marker is missing
-                self._metrics.continuations.labels("finished").inc()
-                return FINISH
-            specs = self._upstream.endpoints(call.model)
-            tries = plans(call.kind, original, partial, specs, failed)
-            if not tries or not self._upstream.can_retry():
-                self._metrics.continuations.labels("not_continuable").inc()
-                return None
-            for plan in tries:
-                opened = await self._continue(call, plan)
-                if opened is not None:
-                    self._metrics.continuations.labels("continued").inc()
-                    # where the cut fell: what the client had, and who continues it
-                    log.info(
-                        "stream_continued",
-                        request_id=call.request_id,
-                        broken=failed,
-                        endpoint=opened.lease.endpoint.name,
-                        route=plan.kind.route,
-                        sent_tokens=partial.tokens,
-                        sent_chars=len(partial.text),
-                    )
-                    return opened, Splicer(call.kind, partial, plan.kind)
-            self._metrics.continuations.labels("failed").inc()
-            return None
-
-        return resume
-
-    async def _continue(self, call: Call, plan: Plan) -> Opened | None:
-        """Open ``plan``'s continuation (its body, on its route); None if none answered."""
-        body, path = call.body, call.path
-        call.body, call.path = plan.body, "" if plan.kind is call.kind else plan.kind.route
-        try:
-            opened = await self._upstream.open(call, exclude=plan.exclude)
-        except GatewayError:
-            return None
-        finally:
-            call.body, call.path = body, path
-        if opened.response is None:  # an error answer: nothing to splice
-            opened.lease.release(classify(opened.status))
-            return None
-        return opened
 
     def _whole(
         self,
