@@ -8,7 +8,9 @@ beside nginx and the gateway in the same run:
 
 - ``uvicorn``: an ASGI app on uvicorn with httptools and uvloop (the gateway's
   server today), aiohttp as the upstream client (the gateway's client today);
-- ``granian``: the same ASGI app on granian (Rust HTTP server, uvloop);
+- ``granian``: the same ASGI app on granian (Rust HTTP server, uvloop); granian
+  is no dependency of the project (it lost, see docs/benchmarks.md):
+  ``.venv/bin/pip install granian==2.8.7`` to measure it again;
 - ``aiohttp``: aiohttp's own server (``web.StreamResponse``) with its client;
 - ``protocol``: two asyncio ``Protocol`` classes on uvloop with httptools'
   parsers, an upstream chunk written to the client transport from the read
