@@ -185,6 +185,8 @@ class FlowControl:
         entry = Entry(waiter, req.tenant, req.priority, req.cost, req.weight)
         pf.queue.push(entry)
         self._depth(pf, req)
+        if not pf.fleet.full:  # a reserved slot may be free for it (the others wait for
+            self._dispatch(pf, now)  # slots the reserve keeps from them): it goes at once
         timer = loop.call_later(req.max_wait_s, self._expire, pf, entry)
         try:
             return await waiter.future

@@ -208,3 +208,15 @@ async def test_a_model_nobody_serves_is_neither_queued_nor_counted(clock: FakeCl
     assert sample(registry, "gateway_flow_admitted_in_flight") == 2
     names = {s.labels.get("model") for f in registry.collect() for s in f.samples}
     assert not any(str(name).startswith("typo") for name in names)
+
+
+async def test_a_reserved_slot_goes_at_once_to_a_tenant_under_its_share_while_others_wait(
+    clock: FakeClock,
+) -> None:
+    flow, _, _ = control(clock, endpoint_concurrency=2, reserve=1)  # 4 slots
+    take(flow, req("quiet")).release()  # quiet is active: noisy's share is 2 of 4
+    [take(flow, req("noisy")) for _ in range(3)]
+    noisy = await queued(flow, req("noisy"))  # kept from the reserved slot
+    quiet = await queued(flow, req("quiet"))  # the queue is not empty: it queues, and
+    assert quiet.done() and not noisy.done()  # the reserved slot is its at once
+    noisy.cancel()
