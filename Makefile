@@ -161,5 +161,5 @@ llamacpp: setup ## llama.cpp + SmolLM2 GGUF for BACKEND=llamacpp and the realbac
 SOAK_ARGS    ?=
 
 .PHONY: soak
-soak: setup ## 10-minute soak of the whole stack: RSS of every service, errors, hit ratio (not in CI; SOAK_ARGS=--minutes 1)
+soak: setup ## Soak of the whole stack with faults (10 min; SOAK_ARGS="--minutes 30"): RSS slope of every service and Redis, errors (not in CI)
 	$(PY) -m bench.soak $(SOAK_ARGS)
