@@ -178,12 +178,12 @@ class Gateway:
             asyncio.create_task(discovery.run(), name="discovery"),
             asyncio.create_task(refresh_backend_gauges(pool, self.metrics), name="gauges"),
         ]
-        if self.flow.active:
-            self._tasks.append(asyncio.create_task(self.flow.run(), name="flow"))
         if self.sidecars.embedder is not None:  # its model is listed in /v1/models
             self._tasks.append(
                 asyncio.create_task(self.sidecars.embedder.learn_model(), name="embedder-model")
             )
+        if self.flow.active:
+            self._tasks.append(asyncio.create_task(self.flow.run(), name="flow"))
         if settings.engine_metrics:
             poller = EnginePoller(pool, upstream.session)
             self._tasks.append(asyncio.create_task(poller.run(), name="engine"))

@@ -11,9 +11,9 @@ from typing import Any
 from gateway.balance.outcome import Outcome
 from gateway.balance.prefix import PromptPrefix
 from gateway.flow import FlowRequest, Ticket
-from gateway.tenancy.tokens import Reservation
 from gateway.protocol.calls import Kind
 from gateway.protocol.headers import CacheOutcome
+from gateway.tenancy.tokens import Reservation
 
 # Request headers never forwarded to a backend: hop-by-hop ones, those the
 # upstream client sets itself, and credentials meant for the gateway.
