@@ -170,5 +170,15 @@ class Endpoint:
     def load(
         self, now: float, *, stream: bool, decode_weight: float, engine: EngineConfig
     ) -> float:
+        """The expected wait here: the cost times what is in flight, this request included.
+
+        An endpoint never heard from (for this kind of request) that is idle
+        (nothing pending, no engine queue) has no load, and the placeholder
+        cost once an attempt is pending there (Finagle's rule): a replica added
+        beside fast ones is tried at once, by one request at a time until it
+        answers, instead of sitting idle until ``tau`` decays its placeholder.
+        """
         extra = extra_pending(self.engine, now, engine) if self.engine else 0.0
+        if not (extra or self.pending or (self.ttft if stream else self.whole).sampled):
+            return 0.0
         return self.cost(now, stream) * (self.in_flight(now, decode_weight) + 1.0 + extra)

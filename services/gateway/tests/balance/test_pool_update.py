@@ -74,3 +74,26 @@ def test_an_empty_pool_is_not_ready_and_knows_no_model(make_pool: PoolFactory) -
     pool.update([EndpointSpec(url="http://x:1/", models=("m",))])
     assert pool.ready()
     assert pool.snapshot()[0].name == "http://x:1"
+
+
+def test_a_replica_added_beside_fast_ones_gets_its_share_at_once(
+    make_pool: PoolFactory, clock: FakeClock
+) -> None:
+    """Its placeholder cost (0.5 s) would keep it idle beside 20 ms replicas until
+    tau decayed it; it is judged as the pool's typical replica instead."""
+    pool = make_pool(spec("a"), spec("b"), config=PoolConfig(default_rtt_s=0.5))
+    for stream in (True, False):
+        for name in ("a", "b"):
+            for _ in range(3):
+                lease = pool.acquire("m", exclude={"a", "b"} - {name}, stream=stream)
+                clock.advance(0.02)
+                lease.first_token()
+                lease.release(Outcome.SUCCESS)
+    pool.update([spec("a"), spec("b"), spec("c")])
+    for stream in (True, False):
+        chosen = []
+        for _ in range(60):  # one at a time: a low load, where only the cost decides
+            lease = pool.acquire("m", stream=stream)
+            chosen.append(lease.endpoint.name)
+            lease.release(Outcome.CANCELLED)
+        assert chosen.count("c") >= 10, (stream, chosen.count("c"))
