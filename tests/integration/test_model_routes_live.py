@@ -54,3 +54,29 @@ def test_vllm_routes_and_model_lookup_through_the_real_gateway(stack: Stack) -> 
         client.models.retrieve("no-such-model")
     page = httpx.get(f"{gw}/metrics").text
     assert 'route="/tokenize"' in page and 'route="/v1/embeddings"' in page
+
+
+def test_stored_responses_are_found_through_every_gateway_replica_sharing_redis(
+    stack: Stack, redis_url: str
+) -> None:
+    """Two gateway processes that share only Redis, two replicas: a response created
+    through one gateway is followed up and retrieved through the other. The
+    follow-up must reach the replica that stored it (the other answers 404); without
+    shared pins the second gateway would route it as any request, and half would fail."""
+    _, one = stack.mock(output_tokens=8, ttft_ms=2, inter_token_ms=0)
+    _, two = stack.mock("mock-2", output_tokens=8, ttft_ms=2, inter_token_ms=0)
+    gateways = [stack.gateway([one, two], redis_url=redis_url)[1] for _ in range(2)]
+    made, other = (
+        openai.OpenAI(base_url=f"{gw}/v1", api_key="unused", max_retries=0) for gw in gateways
+    )
+    for i in range(12):
+        first = made.responses.create(model=MOCK_MODEL, input=f"question {i}", stream=i % 2 == 0)
+        if i % 2 == 0:
+            first = [e for e in first if e.type == "response.completed"][0].response
+        follow = other.responses.create(
+            model=MOCK_MODEL, input="and then?", previous_response_id=first.id
+        )
+        assert follow.status == "completed"
+        assert other.responses.retrieve(first.id).id == first.id
+    with pytest.raises(openai.NotFoundError):  # an id no gateway answered: its own 404
+        other.responses.retrieve("resp_nobody_made")

@@ -22,7 +22,8 @@ from gateway.api.admin import InvalidateBody, admin_router
 from gateway.api.body import request_id
 from gateway.api.completions import completions_routes
 from gateway.api.embeddings import embeddings_router
-from gateway.api.model_routes import Pins, model_routes
+from gateway.api.model_routes import model_routes
+from gateway.api.pins import Pins
 from gateway.api.system import metrics_router, system_router
 from gateway.asgi import HotPaths, OnError
 from gateway.balance.discovery import Discovery, fetch_models, parse_target
@@ -145,9 +146,15 @@ class Gateway:
             flow=self.flow if self.flow.active else None,
         )
         self.completions = Completions(settings, self.proxy, self.tracing)
-        self.pins = Pins()  # /v1/responses: which endpoint stored which response
         self.sidecars = Sidecars()
         self.gate = Gate(settings, self.metrics)
+        self.pins = Pins(  # /v1/responses: which endpoint stored which response
+            redis=self.gate.redis,
+            prefix=settings.redis_prefix,
+            timeout_s=settings.redis_timeout_s,
+            backoff_s=settings.redis_backoff_s,
+            backoff_max_s=settings.redis_backoff_max_s,
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -196,6 +203,7 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.completions.drain()
+        await self.pins.close()
         await self.gate.close()
         await self.sidecars.close()
         await self.upstream.close()

@@ -15,8 +15,9 @@ line and traces. None of them is cached.
   Not continued after a cut either (continuation is chat and completions).
 - **Pinning**: vLLM keeps stored responses in the memory of the replica that
   made them, so a request with ``previous_response_id`` is sent only to the
-  replica that answered that id (:class:`Pins`, per gateway process; an
-  unknown id is routed as usual, and that replica answers whether it has it).
+  replica that answered that id (:class:`gateway.api.pins.Pins`, shared by the
+  gateway replicas through Redis when it is configured; an unknown id is
+  routed as usual, and that replica answers whether it has it).
   A pinned request does not fail over: another replica would not know the id.
 - ``PASSTHROUGH_ROUTES``: vLLM's ``/tokenize``, ``/detokenize``, rerank and
   score routes, pooling and classification; ``/v1/embeddings`` comes here
@@ -25,19 +26,17 @@ line and traces. None of them is cached.
 
 - ``/v1/responses/{id}`` (retrieve, delete, ``/cancel``, ``/input_items``)
   goes to the endpoint that answered that id, for the model it was; an id
-  this gateway process did not answer (or forgot) is a 404 of its own.
+  no gateway replica answered (or that was forgotten) is a 404 of its own.
 
 Where the issue is silent: ``model`` is required on every route (vLLM fills
 in its one model when it is missing; a gateway in front of several cannot).
-Pins live in one gateway process: with several gateway replicas, a client
-that refers to a stored response needs to come back to the same gateway
-(the ingress's session affinity), or the model server answers that it does
-not know the id.
+Without Redis, pins live in one gateway process: with several gateway
+replicas (or workers), a client that refers to a stored response needs to come
+back to the same one, or the model server answers that it does not know the id.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -48,6 +47,7 @@ from starlette.exceptions import HTTPException
 
 from gateway.api import openapi
 from gateway.api.body import read_body, request_id
+from gateway.api.pins import Pins
 from gateway.asgi import Handler
 from gateway.errors import InvalidRequest
 from gateway.gate import Gate
@@ -74,34 +74,6 @@ _OPERATIONS = {"/v1/embeddings": "embeddings"}
 
 # Forward a request whose body is read: (request, path, body, request id, tenant).
 Forward = Callable[[Request, str, bytes, str, Tenant], Awaitable[Response]]
-
-
-class Pins:
-    """Which endpoint answered a response id (and for which model), for the requests
-    that refer to it.
-
-    Bounded (least recently used out first): an id it forgot is routed as any
-    request, which is what happens without pinning."""
-
-    def __init__(self, size: int = 65_536) -> None:
-        self._size = size
-        self._where: OrderedDict[str, tuple[str, str]] = OrderedDict()
-
-    def add(self, answer_id: str, endpoint: str, model: str) -> None:
-        self._where[answer_id] = (endpoint, model)
-        self._where.move_to_end(answer_id)
-        if len(self._where) > self._size:
-            self._where.popitem(last=False)
-
-    def get(self, answer_id: str) -> tuple[str, str] | None:
-        """``(endpoint, model)`` of a response id, or None."""
-        found = self._where.get(answer_id)
-        if found is not None:
-            self._where.move_to_end(answer_id)
-        return found
-
-    def __len__(self) -> int:
-        return len(self._where)
 
 
 def model_of(body: bytes) -> tuple[str, dict[str, object]]:
@@ -152,7 +124,8 @@ def model_routes(
     limit = settings.max_body_bytes
 
     def remember(call: Call, completion: Completion) -> None:
-        if completion.succeeded and call.answer_id and call.endpoint:
+        """A stream whose response.created was not in its first bytes: pinned at its end."""
+        if call.stream and completion.succeeded and call.answer_id and call.endpoint:
             pins.add(call.answer_id, call.endpoint, call.model)
 
     async def send(
@@ -175,8 +148,12 @@ def model_routes(
                 request_id=call.request_id,
             )
             tracing.inject(call.trace, call.headers)
-        observe = remember if kind is Kind.RESPONSES else None
-        return await proxy.serve(call, observe=observe)
+        if kind is not Kind.RESPONSES:
+            return await proxy.serve(call)
+        response = await proxy.serve(call, observe=remember)
+        if call.answer_id and call.endpoint:  # a whole answer, or a stream's response.created
+            await pins.pin(call.answer_id, call.endpoint, call.model)
+        return response
 
     async def enter(request: Request) -> tuple[str, Tenant, bytes]:
         rid = request_id(request)
@@ -206,7 +183,7 @@ def model_routes(
             request, rid, Kind.RESPONSES, model, body, stream=data.get("stream") is True
         )
         previous = data.get("previous_response_id")
-        pinned = pins.get(previous) if isinstance(previous, str) else None
+        pinned = await pins.get(previous) if isinstance(previous, str) else None
         if pinned is not None and pinned[1] == model:
             call.pinned = pinned[0]
         return await start(
@@ -226,7 +203,7 @@ def model_routes(
         request.state.request_id = rid
         tenant = await gate.enter(request)
         body = await read_body(request, limit) if method == "POST" else b""
-        pinned = pins.get(response_id)
+        pinned = await pins.get(response_id)
         if pinned is None:  # not answered through this gateway process (or forgotten)
             raise HTTPException(404, f"No response with id {response_id!r} is known here")
         call = new_call(

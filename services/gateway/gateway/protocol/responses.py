@@ -140,3 +140,20 @@ def error_event(error: dict[str, Any], sequence: int) -> bytes:
         "error": error,
     }
     return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+def created_id(chunk: bytes) -> str:
+    """The response id of a ``response.created`` event in a stream's first bytes, or ``""``
+    (the event split across reads is found later, by :class:`ResponsesWatch`)."""
+    if _CREATED not in chunk:
+        return ""
+    for line in chunk.split(b"\n"):
+        if line.startswith(b"data:") and _CREATED in line:
+            try:
+                event = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                return ""
+            response = event.get("response") if isinstance(event, dict) else None
+            found = response.get("id") if isinstance(response, dict) else None
+            return found if isinstance(found, str) else ""
+    return ""

@@ -27,7 +27,7 @@ from gateway.balance.outcome import Outcome, classify
 from gateway.errors import GatewayError
 from gateway.flow import FlowControl
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import answer
+from gateway.protocol import answer, responses
 from gateway.protocol.calls import Kind
 from gateway.protocol.responses import ResponsesWatch
 from gateway.protocol.sse import StreamWatch
@@ -115,6 +115,8 @@ class Proxy:
         keep = call.kind.generates and (observe is not None or call.prompt is not None)
         if opened.response is None:
             return self._whole(call, opened, headers, keep, observe)
+        if call.kind is Kind.RESPONSES:  # known before the first byte goes out (pinning)
+            call.answer_id = responses.created_id(opened.first_chunk)
 
         def done(
             outcome: Outcome, watch: StreamWatch, copy: list[bytes] | None, lease: Lease

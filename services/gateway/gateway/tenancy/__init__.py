@@ -12,7 +12,8 @@
 
 Modules: ``model.py`` (Tenant), ``keys.py`` (hashing, stores, Authenticator),
 ``redis_keys.py`` (the Redis store), ``bucket.py`` (GCRA, pure), ``shared.py``
-(the Redis scripts), ``limits.py`` (Limiter), ``backoff.py``, ``redis_client.py``,
+(the Redis scripts), ``limits.py`` (Limiter), ``backoff.py`` and ``guard.py`` (every
+Redis call: back-off, one probe, an outage logged once), ``redis_client.py``,
 ``hashkey.py`` (the CLI). Design and Redis layout: docs/tenancy.md.
 """
 

@@ -31,11 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway.errors import Overloaded, RateLimited
 from gateway.tenancy.backoff import Backoff
 from gateway.tenancy.bucket import Gcra, LocalShare, local_share
+from gateway.tenancy.guard import REDIS_ERRORS, Guard
 from gateway.tenancy.model import Tenant
 from gateway.tenancy.shared import (
     ALLOWED,
@@ -47,8 +47,6 @@ from gateway.tenancy.shared import (
 from llmgw_common.logs import get_logger
 
 log = get_logger("gateway.tenancy")
-
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -119,7 +117,7 @@ class Limiter:
                 lease_ttl_s=config.lease_ttl_s,
                 timeout_s=config.redis_timeout_s,
             )
-        self._backoff = Backoff(config.backoff_s, config.backoff_max_s)
+        self._guard = Guard("tenancy", Backoff(config.backoff_s, config.backoff_max_s), clock)
         self._in_flight = 0
         self._streams: dict[str, int] = {}  # tenant -> its permits in flight on this replica
         self._local: dict[str, _Local] = {}
@@ -127,7 +125,7 @@ class Limiter:
         self._replica = uuid.uuid4().hex[:12]
         self._seq = itertools.count()
         self._renewer: asyncio.Task[None] | None = None
-        self._shed = self._rate_limited = self._local_decisions = self._redis_errors = 0
+        self._shed = self._rate_limited = self._local_decisions = 0
 
     async def admit(self, tenant: Tenant) -> Permit:
         """A permit for one request, or Overloaded (503) / RateLimited (429)."""
@@ -161,17 +159,17 @@ class Limiter:
         return LimiterStats(
             in_flight=self._in_flight,
             redis_configured=self._shared is not None,
-            redis_healthy=self._shared is not None and self._backoff.healthy,
+            redis_healthy=self._shared is not None and self._guard.healthy,
             shed=self._shed,
             rate_limited=self._rate_limited,
             local_decisions=self._local_decisions,
-            redis_errors=self._redis_errors,
+            redis_errors=self._guard.errors,
         )
 
     async def _admit_tenant(self, tenant: Tenant) -> str | None:
         """The lease id when a Redis lease was taken; raises RateLimited when refused."""
         now = self._clock()
-        if self._shared is not None and self._backoff.try_acquire(now):
+        if self._shared is not None and self._guard.ready():
             decided = await self._admit_shared(self._shared, tenant)
             if decided is not None:
                 verdict, lease = decided
@@ -188,21 +186,13 @@ class Limiter:
         self, shared: SharedLimits, tenant: Tenant
     ) -> tuple[Verdict, str | None] | None:
         """Redis's verdict, or None when Redis failed (the caller decides locally)."""
-        probe = not self._backoff.healthy
         lease = f"{self._replica}:{next(self._seq)}" if tenant.max_streams is not None else None
-        try:
-            verdict = await shared.admit(tenant, lease or "")
-        except asyncio.CancelledError:  # a lease taken for us is given back by ``shared``
-            if probe:
-                self._backoff.abandoned()
-            raise
-        except REDIS_ERRORS as exc:
-            self._redis_failed(exc)
+        # Cancelled: a lease taken for us is given back by ``shared``.
+        verdict = await self._guard.call(lambda: shared.admit(tenant, lease or ""))
+        if verdict is None:
             if lease is not None:  # the script may have run before the deadline
                 shared.release(tenant.name, lease)
             return None
-        if self._backoff.succeeded():
-            log.info("tenancy_redis_recovered")
         return verdict, lease if verdict.outcome == ALLOWED else None
 
     def _admit_local(self, tenant: Tenant, now: float) -> None:
@@ -249,11 +239,6 @@ class Limiter:
                 if not held:
                     del self._leases[tenant]
             self._shared.release(tenant, lease)
-
-    def _redis_failed(self, exc: BaseException) -> None:
-        self._redis_errors += 1
-        if self._backoff.failed(self._clock()):
-            log.warning("tenancy_redis_unavailable", error=type(exc).__name__, detail=str(exc))
 
     def _start_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():

@@ -16,23 +16,20 @@ key is refused with 503 and ``Retry-After`` (fail closed) until Redis answers.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from gateway.errors import DependencyUnavailable
 from gateway.tenancy.backoff import Backoff
+from gateway.tenancy.guard import Guard
 from gateway.tenancy.model import Tenant, TenantLimits
 from llmgw_common.logs import get_logger
 
 log = get_logger("gateway.tenancy")
-
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,8 @@ class RedisKeyStore:
         self._redis = redis
         self._config = config or RedisKeysConfig()
         self._clock = clock
-        self._backoff = Backoff(self._config.backoff_s, self._config.backoff_max_s)
+        backoff = Backoff(self._config.backoff_s, self._config.backoff_max_s)
+        self._guard = Guard("tenancy_keys", backoff, clock, self._config.timeout_s)
         self._cache: dict[str, _Cached] = {}
         self.keys_key = f"{self._config.prefix}:api_keys"
         self.tenants_key = f"{self._config.prefix}:tenants"
@@ -72,22 +70,12 @@ class RedisKeyStore:
         cached = self._cache.get(key_hash)
         if cached is not None and now - cached.at < self._config.cache_s:
             return cached.tenant
-        if not self._backoff.try_acquire(now):
+        if not self._guard.ready():
             return self._stale(cached)
-        probe = not self._backoff.healthy
-        try:
-            async with asyncio.timeout(self._config.timeout_s):
-                name, record = await self._fetch(key_hash)
-        except asyncio.CancelledError:
-            if probe:
-                self._backoff.abandoned()
-            raise
-        except REDIS_ERRORS as exc:
-            if self._backoff.failed(self._clock()):
-                log.warning("tenancy_keys_redis_unavailable", error=type(exc).__name__)
+        found = await self._guard.call(lambda: self._fetch(key_hash))
+        if found is None:
             return self._stale(cached)
-        if self._backoff.succeeded():
-            log.info("tenancy_keys_redis_recovered")
+        name, record = found
         tenant = self._parse(name, record)
         self._remember(key_hash, tenant, now)
         return tenant

@@ -36,18 +36,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway.errors import RateLimited
 from gateway.tenancy.backoff import Backoff
 from gateway.tenancy.batch import Batcher
+from gateway.tenancy.guard import Guard
 from gateway.tenancy.model import Tenant
-from llmgw_common.logs import get_logger
-
-log = get_logger("gateway.tenancy")
 
 WINDOW_S = 60.0
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 TAKE = """
 local t = redis.call('TIME')
@@ -189,7 +185,7 @@ class TokenBudgets:
         self._clock = clock
         self._batcher = Batcher(redis, timeout_s) if redis is not None else None
         self._take = self._batcher.script(TAKE) if self._batcher is not None else ""
-        self._backoff = Backoff(backoff_s, backoff_max_s)
+        self._guard = Guard("token_budget", Backoff(backoff_s, backoff_max_s), clock)
         self._local: dict[str, tuple[int, LocalBucket]] = {}
         self.refused = 0
 
@@ -204,7 +200,7 @@ class TokenBudgets:
             return None
         tokens = max(1, prompt + max_tokens)
         level, shared = None, False
-        if self._batcher is not None and self._backoff.try_acquire(self._clock()):
+        if self._batcher is not None and self._guard.ready():
             level = await self._take_shared(tenant, tokens, force=False)
             shared = level is not None
         if level is None:
@@ -232,21 +228,14 @@ class TokenBudgets:
 
     async def _take_shared(self, tenant: Tenant, n: int, *, force: bool) -> Level | None:
         """Redis's bucket after taking ``n``, or None when Redis failed (decide locally)."""
-        assert self._batcher is not None
-        probe = not self._backoff.healthy
+        batcher = self._batcher
+        assert batcher is not None
         cost_us = WINDOW_S * 1e6 / (tenant.tokens_per_min or 1)
         args = (repr(cost_us), repr(WINDOW_S * 1e6), n, "1" if force else "0")
-        try:
-            reply = await self._batcher.evalsha(self._take, (self.key(tenant.name),), args)
-        except asyncio.CancelledError:
-            if probe:
-                self._backoff.abandoned()
-            raise
-        except REDIS_ERRORS as exc:
-            if self._backoff.failed(self._clock()):
-                log.warning("token_budget_redis_unavailable", error=type(exc).__name__)
+        key = (self.key(tenant.name),)
+        reply = await self._guard.call(lambda: batcher.evalsha(self._take, key, args))
+        if reply is None:
             return None
-        self._backoff.succeeded()
         allowed, wait_ms, remaining, reset_ms = (int(x) for x in reply)
         return Level(bool(allowed), wait_ms / 1000, remaining, reset_ms / 1000)
 
