@@ -72,7 +72,7 @@ def test_stored_responses_are_found_through_every_gateway_replica_sharing_redis(
     for i in range(12):
         first = made.responses.create(model=MOCK_MODEL, input=f"question {i}", stream=i % 2 == 0)
         if i % 2 == 0:
-            first = [e for e in first if e.type == "response.completed"][0].response
+            first = next(e for e in first if e.type == "response.completed").response
         follow = other.responses.create(
             model=MOCK_MODEL, input="and then?", previous_response_id=first.id
         )
