@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from gateway.protocol.calls import Kind
 from gwkit import FirstTry, MakeBackend, MakeGateway, backend, chat, content, events, metric
@@ -77,6 +78,22 @@ async def test_what_cannot_be_continued_ends_with_the_error_event(
     assert metric(text, "gateway_stream_continuations_total", result="not_continuable") == 1
 
 
+@pytest.mark.parametrize("cut", [3, 9, 11, 14])  # in the reasoning, at its end, in the text
+async def test_a_stream_that_carried_reasoning_is_not_continued(
+    make_backend: MakeBackend, make_gateway: MakeGateway, cut: int
+) -> None:
+    """The continuing request cannot carry the reasoning back: the model would reason
+    again (spliced after the text) and vLLM's parsers would call the rest reasoning."""
+    breaking = await make_backend(fault=f"cut:{cut}", inter_token_ms=0, output_tokens=16)
+    healthy = await make_backend(inter_token_ms=0, output_tokens=16)
+    gw = await make_gateway([backend(breaking), backend(healthy)], pool=FirstTry(first=breaking))
+    reasoning = {"X-Mock-Reasoning-Tokens": "10"}
+    reply = await gw.post(Kind.CHAT.route, json=chat("think", stream=True), headers=reasoning)
+    assert '"error"' in reply.text and "[DONE]" not in reply.text
+    text = (await gw.get("/metrics")).text
+    assert metric(text, "gateway_stream_continuations_total", result="not_continuable") == 1
+
+
 async def test_continuation_off_keeps_the_error_event(
     make_backend: MakeBackend, make_gateway: MakeGateway
 ) -> None:
@@ -122,3 +139,34 @@ async def test_a_stream_that_stalls_past_the_idle_timeout_is_continued(
     assert (
         metric(text, "gateway_upstream_attempts_total", endpoint=stalling, outcome="timeout") == 1
     )
+
+
+@pytest.mark.parametrize("cut", [1, 2, 16, 31])  # the first token, mid-way, the last but one
+@pytest.mark.parametrize("route", [Kind.CHAT.route, Kind.COMPLETION.route])
+@pytest.mark.parametrize("max_tokens", [None, 24])
+async def test_a_cut_at_any_point_is_spliced_whole(
+    make_backend: MakeBackend, make_gateway: MakeGateway, cut: int, route: str, max_tokens: int
+) -> None:
+    breaking = await make_backend(fault=f"cut:{cut}", inter_token_ms=0, output_tokens=32)
+    healthy = await make_backend(inter_token_ms=0, output_tokens=32)
+    gw = await make_gateway([backend(breaking), backend(healthy)], pool=FirstTry(first=breaking))
+    usage = {"stream_options": {"include_usage": True}}
+    asked: dict[str, Any] = (
+        chat("a story", **usage)
+        if route == Kind.CHAT.route
+        else {"model": "mock-llama-3-8b", "prompt": "Once upon a time", **usage}
+    )
+    if max_tokens:
+        asked["max_tokens"] = max_tokens
+    direct = (await httpx.AsyncClient().post(healthy + route, json={**asked, "stream": True})).text
+    body = await stream_text(gw, route, asked)
+    assert content(body) == content(direct)
+    data = events(body)
+    assert data.count("[DONE]") == 1 and data[-1] == "[DONE]" and '"error"' not in body
+    whole = [orjson.loads(d) for d in events(direct) if d != "[DONE]"][-1]["usage"]
+    if cut < (max_tokens or 32):  # else the answer was out: only [DONE] was missing
+        # The completion count is exact; the prompt's is the continuation's minus the
+        # tokens sent before (the server's count of that text may differ by a few).
+        usage = orjson.loads(data[-2])["usage"]
+        assert usage["completion_tokens"] == whole["completion_tokens"]
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]

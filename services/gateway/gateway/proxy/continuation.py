@@ -31,7 +31,9 @@ broken upstream).
 Not continued (the client gets today's final error event): ``n`` > 1,
 log probabilities (the continuation's would not be the same tokens'), a
 stream that had started a tool call (its arguments cannot be resumed
-mid-way), a prompt that is not text, and an error event the backend sent
+mid-way), a stream that carried reasoning (the request that continues it
+cannot carry the reasoning back: the model would reason again, and vLLM's
+reasoning parsers would take continued text for reasoning), a prompt that is not text, and an error event the backend sent
 (it reached the client as it came).
 """
 
@@ -60,6 +62,7 @@ class Partial:
     head: dict[str, Any]  # id, created, model, system_fingerprint of the first event
     finished: bool  # a finish_reason was sent: only [DONE] is missing
     tool_call: bool  # a tool call had started
+    reasoning: bool = False  # reasoning text was sent (``reasoning_content`` / ``reasoning``)
 
 
 def partial_answer(kind: Kind, raw: bytes) -> Partial:
@@ -67,7 +70,7 @@ def partial_answer(kind: Kind, raw: bytes) -> Partial:
     text: list[str] = []
     tokens = 0
     head: dict[str, Any] = {}
-    finished = tool_call = False
+    finished = tool_call = reasoning = False
     for line in raw.split(b"\n"):
         if not line.startswith(b"data:") or line.startswith(_DONE):
             continue
@@ -88,8 +91,9 @@ def partial_answer(kind: Kind, raw: bytes) -> Partial:
                 text.append(piece)
                 tokens += 1
             tool_call = tool_call or bool(delta.get("tool_calls"))
+            reasoning = reasoning or bool(delta.get("reasoning_content") or delta.get("reasoning"))
             finished = finished or bool(choice.get("finish_reason"))
-    return Partial("".join(text), tokens, head, finished, tool_call)
+    return Partial("".join(text), tokens, head, finished, tool_call, reasoning)
 
 
 # Fields of a chat request that a completions request has no place for. A request
@@ -140,7 +144,7 @@ def continuation_body(
         request = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(request, dict) or partial.tool_call or partial.finished:
+    if not isinstance(request, dict) or partial.tool_call or partial.reasoning or partial.finished:
         return None
     if (request.get("n") or 1) != 1 or request.get("logprobs") or request.get("top_logprobs"):
         return None
