@@ -33,8 +33,9 @@ log probabilities (the continuation's would not be the same tokens'), a
 stream that had started a tool call (its arguments cannot be resumed
 mid-way), a stream that carried reasoning (the request that continues it
 cannot carry the reasoning back: the model would reason again, and vLLM's
-reasoning parsers would take continued text for reasoning), a prompt that is not text, and an error event the backend sent
-(it reached the client as it came).
+reasoning parsers would take continued text for reasoning), a prompt that
+is not text, and an error event the backend sent (it reached the client as
+it came).
 """
 
 from __future__ import annotations
