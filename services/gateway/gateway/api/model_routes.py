@@ -151,7 +151,11 @@ def model_routes(
         if kind is not Kind.RESPONSES:
             return await proxy.serve(call)
         response = await proxy.serve(call, observe=remember)
-        if call.answer_id and call.endpoint:  # a whole answer, or a stream's response.created
+        if call.answer_id and call.endpoint and call.stream:
+            # Pinned at its response.created (written in the background: the client
+            # cannot refer to it before the stream ends; an unsent stream holds a lease).
+            pins.add(call.answer_id, call.endpoint, call.model)
+        elif call.answer_id and call.endpoint:  # a whole answer goes once Redis has its pin
             await pins.pin(call.answer_id, call.endpoint, call.model)
         return response
 

@@ -3,17 +3,18 @@
 vLLM keeps a stored response (``/v1/responses`` with ``store``) in the memory
 of the replica that made it, so ``previous_response_id`` and the
 ``/v1/responses/{id}`` routes must reach that replica. The gateway remembers
-``id -> (endpoint, model)`` when a response succeeds:
+``id -> (endpoint, model)`` when a replica answers with a response:
 
 * in this process, a bounded LRU (an id it forgot is routed as any request,
   which is what happens without pinning);
 * in Redis when ``GATEWAY_REDIS_URL`` is set, so that every gateway replica
   and every worker process finds it: ``{prefix}:pin:{id}`` holds
   ``endpoint \\t model`` for ``TTL_S``. It is written before the client
-  can know the id: a whole answer is sent once the write is done (or timed
-  out), a stream is pinned at its ``response.created`` event, before its
-  first byte goes out. A lookup that misses locally asks Redis, under the
-  same back-off as the limits; a Redis that is away just means "not known".
+  can refer to the id: a whole answer is sent once the write is done (or
+  timed out); a stream is pinned at its ``response.created`` event, in the
+  background (its answer takes longer than the write). A lookup that misses
+  locally asks Redis, under the same back-off as the limits; a Redis that is
+  away just means "not known".
 
 Without Redis, several gateway replicas (or ``GATEWAY_WORKERS`` > 1) need the
 client to come back to the same process for stored responses.
