@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from deploy.local.harness import MOCK_MODEL, Stack
+from mockllm.audio import transcript
 
 
 def test_responses_streamed_whole_and_cut_through_the_real_gateway(stack: Stack) -> None:
@@ -52,8 +53,11 @@ def test_vllm_routes_and_model_lookup_through_the_real_gateway(stack: Stack) -> 
     assert client.models.retrieve("embed-small").id == "embed-small"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
+    heard = client.audio.transcriptions.create(model=MOCK_MODEL, file=("a.wav", b"RIFF" * 9))
+    assert heard.text == transcript(b"RIFF" * 9)
     page = httpx.get(f"{gw}/metrics").text
     assert 'route="/tokenize"' in page and 'route="/v1/embeddings"' in page
+    assert 'route="/v1/audio/transcriptions"' in page
 
 
 def test_stored_responses_are_found_through_every_gateway_replica_sharing_redis(

@@ -3,6 +3,7 @@
 POST /v1/chat/completions   POST /v1/completions   POST /v1/responses   GET /v1/responses/{id}
                             (stream or not; faults; X-Mock-* overrides)
 POST /tokenize /detokenize /v1/embeddings /v1/rerank /v1/score   (mockllm.pooling)
+POST /v1/audio/transcriptions /v1/audio/translations             (mockllm.audio)
 GET  /v1/models             GET  /health            GET  /metrics
 """
 
@@ -103,7 +104,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/completions", generator.completions)
     app.router.add_post("/v1/responses", generator.responses)
     app.router.add_get("/v1/responses/{response_id}", generator.stored.retrieve)
-    Pooling(settings.models, metrics).add_routes(app)
+    Pooling(settings.models, metrics, parse_fault(settings.fault)).add_routes(app)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_page)

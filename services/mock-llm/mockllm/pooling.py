@@ -7,10 +7,14 @@ test needs: the mock's tokenizer is UTF-8 bytes (one token per byte, so
 a hash of (model, text); a relevance score is the share of the query's words
 found in the document. Every model the mock serves answers every route (a
 real fleet runs embedding and reranking models on servers of their own).
+``/v1/audio/transcriptions`` and ``/v1/audio/translations`` are in
+:mod:`mockllm.audio`. The faults apply here as on generation: ``status``
+answers that status, ``slow`` waits first, ``hang`` never answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import struct
@@ -22,8 +26,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from mockllm.errors import BadRequest, MockError, ModelNotFound
+from mockllm.audio import transcribe
+from mockllm.errors import BadRequest, InjectedStatus, MockError, ModelNotFound
+from mockllm.faults import Fault, FaultKind
 from mockllm.metrics import Metrics
+from mockllm.plan import resolve_fault
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -35,9 +42,12 @@ class Pooling:
     """The routes, for the models in ``models``; each request counted in
     ``mockllm_requests_total`` by path and status, as generation requests are."""
 
-    def __init__(self, models: tuple[str, ...], metrics: Metrics) -> None:
+    def __init__(
+        self, models: tuple[str, ...], metrics: Metrics, fault: Fault | None = None
+    ) -> None:
         self._models = models
         self._metrics = metrics
+        self._fault = fault
 
     def add_routes(self, app: web.Application) -> None:
         routes: dict[str, Handler] = {
@@ -46,6 +56,7 @@ class Pooling:
             "/v1/embeddings": self.embeddings,
             **dict.fromkeys(("/v1/rerank", "/rerank", "/v2/rerank"), self.rerank),
             **dict.fromkeys(("/v1/score", "/score"), self.score),
+            **dict.fromkeys(("/v1/audio/transcriptions", "/v1/audio/translations"), self.audio),
         }
         for path, handler in routes.items():
             app.router.add_post(path, self._counted(handler))
@@ -54,6 +65,7 @@ class Pooling:
         async def counted(request: web.Request) -> web.Response:
             status = 500
             try:
+                await self._injected(request)
                 response = await handler(request)
                 status = response.status
                 return response
@@ -64,6 +76,21 @@ class Pooling:
                 self._metrics.requests.labels(request.path, str(status)).inc()
 
         return counted
+
+    async def _injected(self, request: web.Request) -> None:
+        fault = resolve_fault(request.headers, self._fault)
+        if fault is None:
+            return
+        if fault.kind is FaultKind.STATUS:
+            raise InjectedStatus(fault.arg)
+        if fault.kind is FaultKind.SLOW:
+            await asyncio.sleep(fault.arg / 1000)
+        elif fault.kind in (FaultKind.HANG, FaultKind.HANG_AFTER_HEADERS):
+            await asyncio.Event().wait()  # until the client goes away
+
+    async def audio(self, request: web.Request) -> web.Response:
+        """Transcription and translation (multipart form: ``file``, ``model``...)."""
+        return await transcribe(request, self._models)
 
     async def _read(self, request: web.Request) -> dict[str, Any]:
         try:

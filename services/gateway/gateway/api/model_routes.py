@@ -23,6 +23,10 @@ line and traces. None of them is cached.
   score routes, pooling and classification; ``/v1/embeddings`` comes here
   when a backend serves the embedding model asked for (``api.embeddings``).
   The answer comes back whole, as the model server sent it.
+- ``AUDIO_ROUTES``: vLLM's ``/v1/audio/transcriptions`` and ``translations``,
+  multipart forms forwarded untouched to the pool of the form's ``model``
+  (read by ``api.forms`` without parsing the audio); a streamed
+  transcription comes back whole too.
 
 - ``/v1/responses/{id}`` (retrieve, delete, ``/cancel``, ``/input_items``)
   goes to the endpoint that answered that id, for the model it was; an id
@@ -47,6 +51,7 @@ from starlette.exceptions import HTTPException
 
 from gateway.api import openapi
 from gateway.api.body import read_body, request_id
+from gateway.api.forms import form_field
 from gateway.api.pins import Pins
 from gateway.asgi import Handler
 from gateway.errors import InvalidRequest
@@ -69,6 +74,11 @@ PASSTHROUGH_ROUTES = (
     "/pooling",
     "/classify",
 )
+# vLLM's speech-to-text routes: multipart forms (``file``, ``model``...), forwarded
+# untouched; the model is read from the form (``api.forms``). An audio file may be
+# larger than a JSON body: up to OpenAI's 25 MB, or GATEWAY_MAX_BODY_BYTES if larger.
+AUDIO_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")
+AUDIO_MAX_BYTES = 25 * 1024 * 1024
 # gen_ai.operation.name of a passthrough route: the conventions' names where they have one.
 _OPERATIONS = {"/v1/embeddings": "embeddings"}
 
@@ -241,7 +251,28 @@ def model_routes(
     async def response_input_items(request: Request, response_id: str) -> Response:
         return await stored(request, response_id, "GET", "/input_items")
 
+    def audio(path: str) -> Handler:
+        async def handler(request: Request) -> Response:
+            rid = request_id(request)
+            request.state.request_id = rid
+            tenant = await gate.enter(request)
+            body = await read_body(request, max(limit, AUDIO_MAX_BYTES))
+            model = form_field(body, request.headers.get("content-type", ""), "model")
+            if not model:
+                raise InvalidRequest(
+                    "Invalid value for 'model': a model name is required"
+                    " (in a multipart/form-data form)"
+                )
+            return await send(request, Kind.PASSTHROUGH, path, body, model, rid, tenant)
+
+        return handler
+
     hot: dict[str, Handler] = {Kind.RESPONSES.route: responses}
+    for path in AUDIO_ROUTES:
+        hot[path] = audio(path)
+        router.add_api_route(
+            path, hot[path], methods=["POST"], responses=openapi.ERRORS, summary=f"POST {path}"
+        )
     for path in PASSTHROUGH_ROUTES:
         hot[path] = _passthrough(path, enter, forward)
         router.add_api_route(
