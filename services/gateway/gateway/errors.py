@@ -120,6 +120,15 @@ class ModelNotFound(GatewayError):
     code = "model_not_found"
 
 
+class StoredElsewhere(GatewayError):
+    """A request that refers to what one model server stored (a response id), whose
+    server has left the pool: what it stored left with it."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
 class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"

@@ -12,6 +12,7 @@ import openai
 import pytest
 from fake_sidecars import FakeSidecars
 
+from gateway.balance import Pool, PoolConfig
 from gwkit import MODEL, MakeBackend, MakeGateway, backend, chat, metric
 
 
@@ -241,3 +242,23 @@ async def test_the_openai_client_works_unchanged_through_the_cache(
         == (await client.responses.create(model=MODEL, input="hi")).output_text
     )
     assert (await client.models.retrieve(MODEL)).id == MODEL
+
+
+async def test_a_response_whose_replica_left_the_pool_is_a_404_not_a_503(
+    make_backend: MakeBackend, make_gateway: MakeGateway
+) -> None:
+    """What a replica stored leaves with it: an SDK must not retry a 503 for it."""
+    urls = [await make_backend() for _ in range(2)]
+    pool = Pool(PoolConfig())
+    gw = await make_gateway([backend(url) for url in urls], pool=pool)
+    first = (await gw.post("/v1/responses", json={"model": MODEL, "input": "hi"})).json()
+    where = [await mock_requests(url, "/v1/responses") for url in urls]
+    holder = urls[where.index(1)]
+    pool.update([spec for spec in pool.specs(MODEL) if spec.url != holder])
+    body = {"model": MODEL, "input": "and then?", "previous_response_id": first["id"]}
+    for reply in (
+        await gw.post("/v1/responses", json=body),
+        await gw.get(f"/v1/responses/{first['id']}"),
+    ):
+        assert reply.status_code == 404, reply.text
+        assert "left the pool" in reply.json()["error"]["message"]

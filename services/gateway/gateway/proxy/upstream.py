@@ -25,6 +25,7 @@ from gateway.errors import (
     ModelNotFound,
     NoBackendAvailable,
     RequestFailedEverywhere,
+    StoredElsewhere,
 )
 from gateway.metrics import GatewayMetrics
 from gateway.proxy.attempt import REQUEST_FAULT_STATUSES, Attempts, Opened, Retryable
@@ -67,7 +68,13 @@ class Upstream(Attempts):
         """
         tried: list[str] = list(exclude)  # endpoints not to try (a stream's broken one)
         if call.pinned:  # only the endpoint that holds what the call refers to
-            tried += self._pool.others(call.model, call.pinned)
+            others = self._pool.others(call.model, call.pinned)
+            if len(others) == len(self._pool.specs(call.model)):  # it has left the pool
+                raise StoredElsewhere(
+                    "The model server that stored the response this request refers to has"
+                    " left the pool; the response is lost with it"
+                )
+            tried += others
         suspects: list[Lease] = []
         failures = Failures(NoBackendAvailable(f"no backend available for model {call.model!r}"))
         for attempt in range(self._settings.max_attempts):
