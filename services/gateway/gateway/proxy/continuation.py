@@ -25,8 +25,10 @@ whole answer: the tokens sent before are moved from its prompt to its
 completion count; one ``[DONE]``.
 
 A stream that already had its ``finish_reason`` only lacked ``[DONE]``: that
-is sent instead (``FINISH``; its usage, if asked for, was lost with the
-broken upstream).
+is sent (``FINISH``). If the client asked for usage and its event was lost
+too, another endpoint is asked the same continuation for one token, and only
+its usage event is kept, rewritten as above (``UsageOnly``); the answer had
+a tool call or reasoning, or no endpoint answers: no usage.
 
 Not continued (the client gets today's final error event): ``n`` > 1,
 log probabilities (the continuation's would not be the same tokens'), a
@@ -64,6 +66,7 @@ class Partial:
     finished: bool  # a finish_reason was sent: only [DONE] is missing
     tool_call: bool  # a tool call had started
     reasoning: bool = False  # reasoning text was sent (``reasoning_content`` / ``reasoning``)
+    usage: bool = False  # a usage event was sent
 
 
 def partial_answer(kind: Kind, raw: bytes) -> Partial:
@@ -71,7 +74,7 @@ def partial_answer(kind: Kind, raw: bytes) -> Partial:
     text: list[str] = []
     tokens = 0
     head: dict[str, Any] = {}
-    finished = tool_call = reasoning = False
+    finished = tool_call = reasoning = usage = False
     for line in raw.split(b"\n"):
         if not line.startswith(b"data:") or line.startswith(_DONE):
             continue
@@ -81,6 +84,7 @@ def partial_answer(kind: Kind, raw: bytes) -> Partial:
             continue  # the last line may be cut short
         if not isinstance(event, dict):
             continue
+        usage = usage or bool(event.get("usage"))
         if not head:
             head = {
                 k: event[k] for k in ("id", "created", "model", "system_fingerprint") if k in event
@@ -94,7 +98,7 @@ def partial_answer(kind: Kind, raw: bytes) -> Partial:
             tool_call = tool_call or bool(delta.get("tool_calls"))
             reasoning = reasoning or bool(delta.get("reasoning_content") or delta.get("reasoning"))
             finished = finished or bool(choice.get("finish_reason"))
-    return Partial("".join(text), tokens, head, finished, tool_call, reasoning)
+    return Partial("".join(text), tokens, head, finished, tool_call, reasoning, usage)
 
 
 # Fields of a chat request that a completions request has no place for. A request
@@ -118,7 +122,13 @@ class Plan:
 
 
 def plans(
-    kind: Kind, body: bytes, partial: Partial, specs: Iterable[EndpointSpec], broken: str
+    kind: Kind,
+    body: bytes,
+    partial: Partial,
+    specs: Iterable[EndpointSpec],
+    broken: str,
+    *,
+    usage_only: bool = False,
 ) -> list[Plan]:
     """The continuation requests to try, one per way the model's other endpoints continue
     (most endpoints first); each plan excludes the endpoints that continue otherwise."""
@@ -129,7 +139,7 @@ def plans(
             groups.setdefault(spec.continuation, []).append(spec.name)
     found = []
     for how, names in sorted(groups.items(), key=lambda group: -len(group[1])):
-        made = continuation_body(kind, body, partial, how)
+        made = continuation_body(kind, body, partial, how, usage_only=usage_only)
         if made is not None:
             others = tuple(spec.name for spec in specs if spec.name not in names)
             found.append(Plan(made[0], made[1], others))
@@ -137,21 +147,31 @@ def plans(
 
 
 def continuation_body(
-    kind: Kind, body: bytes, partial: Partial, how: ContinuationConfig = CHAT_CONTINUATION
+    kind: Kind,
+    body: bytes,
+    partial: Partial,
+    how: ContinuationConfig = CHAT_CONTINUATION,
+    *,
+    usage_only: bool = False,
 ) -> tuple[Kind, bytes] | None:
     """The request that continues ``partial`` on a backend that continues ``how``, and the
-    route it goes to; None when it cannot be continued there."""
+    route it goes to; None when it cannot be continued there. ``usage_only``: the
+    answer is whole and only its usage is wanted (one token asked, then dropped)."""
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(request, dict) or partial.tool_call or partial.reasoning or partial.finished:
+    if not isinstance(request, dict) or partial.tool_call or partial.reasoning:
+        return None
+    if partial.finished is not usage_only:
         return None
     if (request.get("n") or 1) != 1 or request.get("logprobs") or request.get("top_logprobs"):
         return None
     for field in ("max_tokens", "max_completion_tokens"):
         limit = request.get(field)
-        if isinstance(limit, int):
+        if usage_only and (isinstance(limit, int) or field == "max_tokens"):
+            request[field] = 1
+        elif isinstance(limit, int):
             if limit - partial.tokens < 1:
                 return None
             request[field] = limit - partial.tokens
@@ -239,6 +259,38 @@ class Splicer:
             moved = min(self._tokens_before, int(usage.get("prompt_tokens") or 0))
             usage["prompt_tokens"] = int(usage.get("prompt_tokens") or 0) - moved
             usage["completion_tokens"] += self._tokens_before
+        return b"data: " + orjson.dumps(event)
+
+
+class UsageOnly(Splicer):
+    """For an answer that was whole but lost its usage event with the broken upstream:
+    of a continuation asked for one token, only the usage event is kept (the
+    tokens sent before moved from its prompt count to the completion count, its
+    own token left out), then its ``[DONE]``."""
+
+    __slots__ = ()
+
+    def _line(self, line: bytes) -> bytes | None:
+        if not line.startswith(b"data:") or line.startswith(_DONE):
+            return line
+        try:
+            event = orjson.loads(line[5:])
+        except orjson.JSONDecodeError:
+            return None
+        usage = event.get("usage") if isinstance(event, dict) else None
+        if not isinstance(usage, dict) or not isinstance(usage.get("prompt_tokens"), int):
+            return None
+        prompt = usage["prompt_tokens"] - min(self._tokens_before, usage["prompt_tokens"])
+        usage.update(
+            prompt_tokens=prompt,
+            completion_tokens=self._tokens_before,
+            total_tokens=prompt + self._tokens_before,
+        )
+        usage.pop("completion_tokens_details", None)  # they were the continuation's own
+        chat = self._kind is Kind.CHAT
+        event.update(
+            self._head, object="chat.completion.chunk" if chat else "text_completion", choices=[]
+        )
         return b"data: " + orjson.dumps(event)
 
 

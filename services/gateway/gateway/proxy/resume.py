@@ -12,13 +12,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import orjson
+
 from gateway.balance.lease import Lease
 from gateway.balance.outcome import Outcome, classify
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.proxy.attempt import Opened
 from gateway.proxy.call import Call
-from gateway.proxy.continuation import FINISH, Plan, Splicer, partial_answer, plans
+from gateway.proxy.continuation import (
+    FINISH,
+    Partial,
+    Plan,
+    Splicer,
+    UsageOnly,
+    partial_answer,
+    plans,
+)
 from gateway.proxy.stream import Resume, Resumed
 from gateway.proxy.upstream import Upstream
 from llmgw_common.logs import get_logger
@@ -51,7 +61,10 @@ class Resumer:
             self._count(call, broken)
             if partial.finished:  # the whole answer is out; only the end marker is missing
                 self._metrics.continuations.labels("finished").inc()
-                return FINISH
+                if partial.usage or not _usage_asked(original):
+                    return FINISH
+                found = await self._usage_of(call, partial, failed)  # the usage was lost too
+                return found or FINISH
             specs = self._upstream.endpoints(call.model)
             tries = plans(call.kind, original, partial, specs, failed)
             if not tries or not self._upstream.can_retry():
@@ -77,6 +90,18 @@ class Resumer:
 
         return resume
 
+    async def _usage_of(self, call: Call, partial: Partial, failed: str) -> Resumed | None:
+        """A whole answer's lost usage: asked of another endpoint (one token, dropped)."""
+        specs = self._upstream.endpoints(call.model)
+        tries = plans(call.kind, call.body, partial, specs, failed, usage_only=True)
+        if not tries or not self._upstream.can_retry():
+            return None
+        for plan in tries:
+            opened = await self._continue(call, plan)
+            if opened is not None:
+                return opened, UsageOnly(call.kind, partial, plan.kind)
+        return None
+
     async def _continue(self, call: Call, plan: Plan) -> Opened | None:
         """Open ``plan``'s continuation (its body, on its route); None if none answered."""
         body, path = call.body, call.path
@@ -91,3 +116,12 @@ class Resumer:
             opened.lease.release(classify(opened.status))
             return None
         return opened
+
+
+def _usage_asked(body: bytes) -> bool:
+    """Whether a stream's request asked for a usage event (``stream_options.include_usage``)."""
+    try:
+        options = orjson.loads(body).get("stream_options")
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
+    return isinstance(options, dict) and options.get("include_usage") is True
