@@ -5,8 +5,9 @@ of the replica that made it, so ``previous_response_id`` and the
 ``/v1/responses/{id}`` routes must reach that replica. The gateway remembers
 ``id -> (endpoint, model)`` when a replica answers with a response:
 
-* in this process, a bounded LRU (an id it forgot is routed as any request,
-  which is what happens without pinning);
+* in this process, a bounded LRU (65,536 ids by default, 14 MB when full:
+  219 bytes a pin, measured; an id it forgot is routed as any request,
+  which is what happens without pinning, or found again in Redis);
 * in Redis when ``GATEWAY_REDIS_URL`` is set, so that every gateway replica
   and every worker process finds it: ``{prefix}:pin:{id}`` holds
   ``endpoint \\t model`` for ``TTL_S``. It is written before the client
