@@ -239,13 +239,8 @@ class Splicer:
         return b"".join(line + b"\n" for line in out if line is not None)
 
     def _line(self, line: bytes) -> bytes | None:
-        if not line.startswith(b"data:") or line.startswith(_DONE):
-            return line
-        try:
-            event = orjson.loads(line[5:])
-        except orjson.JSONDecodeError:
-            return line
-        if not isinstance(event, dict) or "error" in event:
+        event = _data_event(line)
+        if event is None or "error" in event:
             return line
         choices = event.get("choices") or []
         if self._as_chat:
@@ -273,12 +268,11 @@ class UsageOnly(Splicer):
     def _line(self, line: bytes) -> bytes | None:
         if not line.startswith(b"data:") or line.startswith(_DONE):
             return line
-        try:
-            event = orjson.loads(line[5:])
-        except orjson.JSONDecodeError:
+        event = _data_event(line)
+        usage = event.get("usage") if event is not None else None
+        if event is None or not isinstance(usage, dict):
             return None
-        usage = event.get("usage") if isinstance(event, dict) else None
-        if not isinstance(usage, dict) or not isinstance(usage.get("prompt_tokens"), int):
+        if not isinstance(usage.get("prompt_tokens"), int):
             return None
         prompt = usage["prompt_tokens"] - min(self._tokens_before, usage["prompt_tokens"])
         usage.update(
@@ -292,6 +286,17 @@ class UsageOnly(Splicer):
             self._head, object="chat.completion.chunk" if chat else "text_completion", choices=[]
         )
         return b"data: " + orjson.dumps(event)
+
+
+def _data_event(line: bytes) -> dict[str, Any] | None:
+    """The JSON object of a ``data:`` line; None for any other line, ``[DONE]`` included."""
+    if not line.startswith(b"data:") or line.startswith(_DONE):
+        return None
+    try:
+        event = orjson.loads(line[5:])
+    except orjson.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
 
 
 def _role_only(choice: dict[str, Any]) -> bool:
