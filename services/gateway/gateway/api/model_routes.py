@@ -169,11 +169,11 @@ def model_routes(
             await pins.pin(call.answer_id, call.endpoint, call.model)
         return response
 
-    async def enter(request: Request) -> tuple[str, Tenant, bytes]:
+    async def enter(request: Request, body_limit: int = limit) -> tuple[str, Tenant, bytes]:
         rid = request_id(request)
         request.state.request_id = rid
         tenant = await gate.enter(request)
-        return rid, tenant, await read_body(request, limit)
+        return rid, tenant, await read_body(request, body_limit)
 
     async def forward(
         request: Request, path: str, body: bytes, rid: str, tenant: Tenant
@@ -253,10 +253,7 @@ def model_routes(
 
     def audio(path: str) -> Handler:
         async def handler(request: Request) -> Response:
-            rid = request_id(request)
-            request.state.request_id = rid
-            tenant = await gate.enter(request)
-            body = await read_body(request, max(limit, AUDIO_MAX_BYTES))
+            rid, tenant, body = await enter(request, max(limit, AUDIO_MAX_BYTES))
             model = form_field(body, request.headers.get("content-type", ""), "model")
             if not model:
                 raise InvalidRequest(

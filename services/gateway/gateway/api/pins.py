@@ -65,18 +65,12 @@ class Pins:
     async def pin(self, answer_id: str, endpoint: str, model: str) -> None:
         """Remember where ``answer_id`` is stored, and tell Redis before returning (bounded
         by the timeout): the client may ask another gateway about it at once."""
-        if self._where.get(answer_id) == (endpoint, model):
-            return
-        self._remember(answer_id, (endpoint, model))
-        if self._redis is not None and self._guard.ready():
+        if self._learn(answer_id, (endpoint, model)):
             await self._write(answer_id, f"{endpoint}\t{model}")
 
     def add(self, answer_id: str, endpoint: str, model: str) -> None:
         """Remember where ``answer_id`` is stored (and tell Redis, in the background)."""
-        if self._where.get(answer_id) == (endpoint, model):
-            return
-        self._remember(answer_id, (endpoint, model))
-        if self._redis is not None and self._guard.ready():
+        if self._learn(answer_id, (endpoint, model)):
             task = asyncio.get_running_loop().create_task(
                 self._write(answer_id, f"{endpoint}\t{model}")
             )
@@ -110,6 +104,13 @@ class Pins:
 
     def __len__(self) -> int:
         return len(self._where)
+
+    def _learn(self, answer_id: str, where: tuple[str, str]) -> bool:
+        """Remember a pin; True when it is new and Redis should be told now."""
+        if self._where.get(answer_id) == where:
+            return False
+        self._remember(answer_id, where)
+        return self._redis is not None and self._guard.ready()
 
     def _remember(self, answer_id: str, where: tuple[str, str]) -> None:
         self._where[answer_id] = where
